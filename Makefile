@@ -1,0 +1,51 @@
+# The whole project runs from here. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+T ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@./infra/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev tools
+
+run: install ## serve all four functions on MEDIA_PORT (default 8080), embedded PostgreSQL unless MEDIA_DATABASE_URL
+	$(PY) -m localdev
+
+migrate: install ## apply the SQL migrations (to MEDIA_DATABASE_URL, or the embedded database)
+	$(PY) -m localdev migrate
+
+token: install ## print a development bearer token (all scopes) for the running `make run`
+	@$(PY) -m localdev.token $(SUB)
+
+lint: install ## ruff and mypy (strict)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	@for f in functions/*/main.py; do $(VENV)/bin/mypy --strict --follow-imports=silent "$$f" || exit 1; done
+
+fmt: install ## format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install lint ## lint, then unit, integration (Testcontainers PostgreSQL) and end-to-end tests; T= picks a subset
+	$(PY) -m pytest $(T)
+
+unit: install ## unit tests only
+	$(PY) -m pytest tests/unit $(T)
+
+clean: ## remove the virtualenv and caches (keeps ./var, your local data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+.PHONY: help install run migrate token lint fmt test unit clean

@@ -1,0 +1,299 @@
+"""Content-addressable storage on a mounted volume.
+
+Layout: `<root>/sha256/ab/cd/<64 hex>` for blobs, `<root>/tmp/` for uploads in flight (on the same
+filesystem, so the final move is a rename). Paths are built from the digest alone, never from
+anything a client sent.
+
+Write path: `BlobWriter.write` counts, hashes and keeps the first `SNIFF_BYTES` while it writes to
+the temp file, and raises `BlobTooLarge` the moment the limit is passed. `commit` fsyncs the
+file, renames it to its address (or drops it when the address already holds the same bytes:
+dedup) and fsyncs the directory. Who may commit or delete a digest, and when, is decided by the
+caller under the repository's per-digest lock (see `media.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, TypeVar
+
+from common.problems import BlobMissing, BlobTooLarge, StorageFull
+
+T = TypeVar("T")
+
+SNIFF_BYTES = 64 * 1024
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def check_digest(sha256: str) -> str:
+    if not _DIGEST.match(sha256):
+        raise ValueError(f"not a lower-case hex SHA-256 digest: {sha256!r}")
+    return sha256
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    sha256: str
+    size: int
+
+
+class BlobWriter(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def prefix(self) -> bytes: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> StagedBlob: ...
+
+
+class BlobStore(Protocol):
+    def writer(self, max_bytes: int) -> AbstractContextManager[BlobWriter]: ...
+
+    def commit(self, writer: BlobWriter) -> None: ...
+
+    def open(self, sha256: str) -> BinaryIO: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def delete(self, sha256: str) -> None: ...
+
+    def sweep_temp(self, max_age_seconds: float) -> int: ...
+
+    def check_writable(self) -> None: ...
+
+
+class _Hashing:
+    """The part of a writer that sees every byte once: size limit, SHA-256, sniff prefix."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._hash = hashlib.sha256()
+        self._prefix = bytearray()
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def prefix(self) -> bytes:
+        return bytes(self._prefix)
+
+    def _take(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._max:
+            raise BlobTooLarge(self._max)
+        self._hash.update(chunk)
+        if len(self._prefix) < SNIFF_BYTES:
+            self._prefix += chunk[: SNIFF_BYTES - len(self._prefix)]
+
+    def _staged(self) -> StagedBlob:
+        return StagedBlob(sha256=self._hash.hexdigest(), size=self._size)
+
+
+class LocalBlobWriter(_Hashing):
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        super().__init__(max_bytes)
+        self.path = path
+        self._file: BinaryIO | None = _no_space_guard(lambda: open(path, "xb"))  # noqa: SIM115
+        self.staged: StagedBlob | None = None
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None, "write after finish"
+        f = self._file
+        self._take(chunk)
+        _no_space_guard(lambda: f.write(chunk))
+
+    def finish(self) -> StagedBlob:
+        """Flush and fsync the temp file; the bytes are durable before they get an address."""
+        if self.staged is None:
+            assert self._file is not None
+            f = self._file
+            _no_space_guard(f.flush)
+            _no_space_guard(lambda: os.fsync(f.fileno()))
+            f.close()
+            self._file = None
+            self.staged = self._staged()
+        return self.staged
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.path.unlink(missing_ok=True)
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "sha256"
+        self.tmp = root / "tmp"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        check_digest(sha256)
+        return self.blobs / sha256[:2] / sha256[2:4] / sha256
+
+    @contextmanager
+    def writer(self, max_bytes: int) -> Iterator[BlobWriter]:
+        """A temp file on the volume; removed on the way out unless `commit` moved it."""
+        w = LocalBlobWriter(self.tmp / f"upload-{uuid.uuid4().hex}.part", max_bytes)
+        try:
+            yield w
+        finally:
+            w.discard()
+
+    def commit(self, writer: BlobWriter) -> None:
+        assert isinstance(writer, LocalBlobWriter)
+        staged = writer.finish()
+        final = self.path_for(staged.sha256)
+        if final.exists():
+            # Dedup: the address already holds these bytes (same digest, same size).
+            if final.stat().st_size != staged.size:
+                raise BlobMissing(f"{final} has the wrong size; refusing to trust it")
+            writer.path.unlink(missing_ok=True)
+            return
+        created = _makedirs(final.parent)
+        _no_space_guard(lambda: os.rename(writer.path, final))
+        _fsync_dir(final.parent)
+        for d in created:
+            _fsync_dir(d.parent)
+
+    def open(self, sha256: str) -> BinaryIO:
+        try:
+            return open(self.path_for(sha256), "rb")
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).exists()
+
+    def delete(self, sha256: str) -> None:
+        path = self.path_for(sha256)
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def sweep_temp(self, max_age_seconds: float) -> int:
+        """Remove temp files untouched for `max_age_seconds` (writers touch theirs on every write)."""
+        cutoff = time.time() - max_age_seconds
+        removed = 0
+        for entry in os.scandir(self.tmp):
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # finished or swept by another process meanwhile
+        return removed
+
+    def check_writable(self) -> None:
+        probe = self.tmp / f"ready-{uuid.uuid4().hex}.probe"
+        try:
+            with open(probe, "xb") as f:
+                f.write(b"ok")
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+
+
+def _makedirs(path: Path) -> list[Path]:
+    """Create missing directories; return the ones created, outermost first."""
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process created it first
+            d.mkdir()
+    return list(reversed(missing))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _no_space_guard(op: Callable[[], T]) -> T:
+    try:
+        return op()
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise StorageFull(str(exc)) from exc
+        raise
+
+
+# --- In memory, for unit tests of the use cases. ----------------------------------------------------
+
+
+class MemoryBlobWriter(_Hashing):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes)
+        self.buffer = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self._take(chunk)
+        self.buffer += chunk
+
+    def finish(self) -> StagedBlob:
+        return self._staged()
+
+
+class InMemoryBlobStore:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.open_writers = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def writer(self, max_bytes: int) -> Iterator[BlobWriter]:
+        self.open_writers += 1
+        try:
+            yield MemoryBlobWriter(max_bytes)
+        finally:
+            self.open_writers -= 1
+
+    def commit(self, writer: BlobWriter) -> None:
+        assert isinstance(writer, MemoryBlobWriter)
+        staged = writer.finish()
+        with self._lock:
+            self.blobs.setdefault(staged.sha256, bytes(writer.buffer))
+
+    def open(self, sha256: str) -> BinaryIO:
+        try:
+            return io.BytesIO(self.blobs[check_digest(sha256)])
+        except KeyError:
+            raise BlobMissing(sha256) from None
+
+    def exists(self, sha256: str) -> bool:
+        return check_digest(sha256) in self.blobs
+
+    def delete(self, sha256: str) -> None:
+        with self._lock:
+            self.blobs.pop(check_digest(sha256), None)
+
+    def sweep_temp(self, max_age_seconds: float) -> int:
+        return 0
+
+    def check_writable(self) -> None:
+        return None

@@ -1,0 +1,171 @@
+"""Settings, read once from the environment into one typed, frozen object.
+
+Every variable the service reads is listed in `VARIABLES` with its default; README's table is
+checked against this list by a test. Handlers never read the environment: they get `Config`
+through the services object.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+DEFAULT_ALLOWED_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "application/pdf",
+)
+
+
+class ConfigError(ValueError):
+    """A variable is missing or malformed; the message names it."""
+
+
+class DevelopmentModeWarning(UserWarning):
+    """An insecure development fallback is in use (embedded database, generated secret)."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str | None
+    doc: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("MEDIA_PORT", "8080", "Port `make run` (the local router) listens on"),
+    Variable("MEDIA_HOST", "127.0.0.1", "Address `make run` binds; set 0.0.0.0 inside a container"),
+    Variable("MEDIA_DATA_DIR", "./var", "CAS root (`<dir>/cas`) and, locally, the embedded database"),
+    Variable(
+        "MEDIA_DATABASE_URL",
+        None,
+        "PostgreSQL URL; unset: `make run` starts an embedded PostgreSQL (required in production)",
+    ),
+    Variable(
+        "MEDIA_JWT_SECRET",
+        None,
+        "HS256 secret for bearer tokens; unset: `make run` generates `<data dir>/dev/jwt-secret`",
+    ),
+    Variable("MEDIA_JWT_ISSUER", None, "Expected `iss` claim; not checked when unset"),
+    Variable("MEDIA_JWT_AUDIENCE", None, "Expected `aud` claim; not checked when unset"),
+    Variable("MEDIA_JWT_LEEWAY_SECONDS", "30", "Clock leeway for `exp`/`nbf`"),
+    Variable("MEDIA_MAX_UPLOAD_BYTES", str(100 * MiB), "Largest accepted upload (100 MiB)"),
+    Variable(
+        "MEDIA_ALLOWED_TYPES",
+        ",".join(DEFAULT_ALLOWED_TYPES),
+        "Comma-separated MIME types accepted, as detected from the content's magic bytes",
+    ),
+    Variable("MEDIA_DB_POOL_MAX", "8", "Connections per process in the PostgreSQL pool"),
+    Variable("MEDIA_DB_TIMEOUT_SECONDS", "2", "Wait for a connection / readiness query before 503"),
+    Variable("MEDIA_TEMP_MAX_AGE_SECONDS", "3600", "Temp files untouched this long are swept as abandoned"),
+    Variable("MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", "600", "How often each process sweeps stale temp files"),
+    Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
+)
+
+_DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return _DEFAULTS[name]
+    return value.strip()
+
+
+def _int(env: Mapping[str, str], name: str, minimum: int = 0) -> int:
+    raw = _get(env, name)
+    try:
+        value = int(raw) if raw is not None else None
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value is None or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {raw!r}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str) -> float:
+    raw = _get(env, name)
+    try:
+        value = float(raw) if raw is not None else -1.0
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+def _types(raw: str | None) -> frozenset[str]:
+    types = frozenset(t.strip().lower() for t in (raw or "").split(",") if t.strip())
+    if not types:
+        raise ConfigError("MEDIA_ALLOWED_TYPES must name at least one MIME type")
+    bad = sorted(t for t in types if "/" not in t)
+    if bad:
+        raise ConfigError(f"MEDIA_ALLOWED_TYPES has entries that are not MIME types: {', '.join(bad)}")
+    return types
+
+
+@dataclass(frozen=True)
+class Config:
+    port: int
+    host: str
+    data_dir: Path
+    database_url: str | None
+    jwt_secret: str | None
+    jwt_issuer: str | None
+    jwt_audience: str | None
+    jwt_leeway_seconds: int
+    max_upload_bytes: int
+    allowed_types: frozenset[str]
+    db_pool_max: int
+    db_timeout_seconds: float
+    temp_max_age_seconds: int
+    temp_sweep_interval_seconds: int
+    log_level: str
+
+    @property
+    def cas_root(self) -> Path:
+        return self.data_dir / "cas"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        data_dir = Path(_get(env, "MEDIA_DATA_DIR") or "./var").expanduser().absolute()
+        return cls(
+            port=_int(env, "MEDIA_PORT", minimum=1),
+            host=_get(env, "MEDIA_HOST") or "127.0.0.1",
+            data_dir=data_dir,
+            database_url=_get(env, "MEDIA_DATABASE_URL"),
+            jwt_secret=_get(env, "MEDIA_JWT_SECRET"),
+            jwt_issuer=_get(env, "MEDIA_JWT_ISSUER"),
+            jwt_audience=_get(env, "MEDIA_JWT_AUDIENCE"),
+            jwt_leeway_seconds=_int(env, "MEDIA_JWT_LEEWAY_SECONDS"),
+            max_upload_bytes=_int(env, "MEDIA_MAX_UPLOAD_BYTES", minimum=1),
+            allowed_types=_types(_get(env, "MEDIA_ALLOWED_TYPES")),
+            db_pool_max=_int(env, "MEDIA_DB_POOL_MAX", minimum=1),
+            db_timeout_seconds=_float(env, "MEDIA_DB_TIMEOUT_SECONDS"),
+            temp_max_age_seconds=_int(env, "MEDIA_TEMP_MAX_AGE_SECONDS"),
+            temp_sweep_interval_seconds=_int(env, "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", minimum=1),
+            log_level=(_get(env, "MEDIA_LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("MEDIA_DATABASE_URL is not set (only `make run` starts an embedded PostgreSQL)")
+        return self.database_url
+
+    def require_jwt_secret(self) -> str:
+        if not self.jwt_secret:
+            raise ConfigError("MEDIA_JWT_SECRET is not set")
+        if len(self.jwt_secret) < 32:
+            warnings.warn(
+                "MEDIA_JWT_SECRET is shorter than 32 characters; use a long random secret in production",
+                DevelopmentModeWarning,
+                stacklevel=2,
+            )
+        return self.jwt_secret

@@ -1,0 +1,49 @@
+"""Liveness (touches nothing) and readiness (database answers, storage volume writable)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from common.services import Services
+from common.web import Routes, json_response
+
+
+def liveness() -> dict[str, Any]:
+    return {"status": "ok", "checks": {}}
+
+
+def _timed(check: Callable[[], None]) -> dict[str, Any]:
+    started = time.perf_counter()
+    result: dict[str, Any] = {"status": "ok"}
+    try:
+        check()
+    except Exception as exc:  # any failure is a failed check, reported, never raised
+        result = {"status": "failed", "detail": f"{exc.__class__.__name__}: {exc}".strip()[:300]}
+    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    return result
+
+
+def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
+    checks = {
+        "database": _timed(services.repo.ping),
+        "storage": _timed(services.store.check_writable),
+    }
+    ready = all(c["status"] == "ok" for c in checks.values())
+    return ready, {"status": "ready" if ready else "unavailable", "checks": checks}
+
+
+def register_probes(routes: Routes) -> None:
+    """Every function answers the probe routes itself: Kubernetes probes each pod on its own port."""
+
+    @routes.operation("live", services=False)
+    def live(request: Request) -> Response:
+        return json_response(liveness())
+
+    @routes.operation("ready")
+    def ready(request: Request, services: Services) -> Response:
+        ok, body = readiness(services)
+        return json_response(body, 200 if ok else 503)

@@ -1,0 +1,202 @@
+"""The use cases: upload, read, list, delete. HTTP-free; handlers call these with a `Services`.
+
+Consistency between the CAS and the table rests on one rule: a blob's address is created or
+removed only inside `repository.digest_scope(sha256)`, a lock held across processes.
+- Upload: the bytes are streamed to a temp file first (no lock held while the client sends);
+  then, under the lock, the temp file is renamed to its address (or dropped if the address
+  exists: dedup) and the record is inserted. If the insert fails, the blob is removed again
+  unless another record references it.
+- Delete: under the same lock, the record is deleted and, when no record references the digest
+  any more, the blob is unlinked.
+So a delete cannot unlink a blob between an upload's rename and its INSERT, and an upload that
+commits after a delete simply renames its own copy into place again.
+A crash between the two steps leaves at worst an unreferenced blob, never a record without bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any, BinaryIO
+
+from common.cas import BlobWriter
+from common.conditional import Decision, HeaderLookup, Representation, evaluate
+from common.problems import BadRequest, NotFound
+from common.repository import STATUSES, ListQuery, MediaRecord, NewMedia
+from common.services import Services
+from common.sniff import require_allowed
+from common.tokens import READ, WRITE, Principal, require_scope
+from common.uploads import receive_multipart
+
+log = logging.getLogger("media")
+
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+_NO_BLOB = "0" * 64  # the lock key for records that have no bytes yet
+
+
+def upload_multipart(
+    services: Services, principal: Principal, body: IO[bytes], content_type: str | None
+) -> MediaRecord:
+    require_scope(principal, WRITE)
+    config = services.config
+    detected: list[str] = []
+
+    def check_type(prefix: bytes) -> None:
+        detected.append(require_allowed(prefix, config.allowed_types))
+
+    with services.store.writer(config.max_upload_bytes) as writer:
+        filename = receive_multipart(body, content_type, writer, check_type)
+        staged = writer.finish()
+        new = NewMedia(
+            owner=principal.subject,
+            filename=filename,
+            content_type=detected[0],
+            size=staged.size,
+            sha256=staged.sha256,
+        )
+        return _commit(services, writer, new)
+
+
+def _commit(services: Services, writer: BlobWriter, new: NewMedia) -> MediaRecord:
+    with services.repo.digest_scope(new.sha256) as scope:
+        services.store.commit(writer)
+        try:
+            return scope.insert(new)
+        except BaseException:
+            try:
+                if scope.references(new.sha256) == 0:
+                    services.store.delete(new.sha256)
+            except Exception:
+                log.warning("could not remove unreferenced blob %s; it is harmless", new.sha256)
+            raise
+
+
+def _visible(services: Services, principal: Principal, media_id: str) -> MediaRecord:
+    """The record if the caller may see it; someone else's answers exactly like a missing one."""
+    try:
+        key = uuid.UUID(media_id)
+    except ValueError:
+        raise NotFound("No such media") from None
+    record = services.repo.get(key)
+    if record is None or not (principal.is_admin or record.owner == principal.subject):
+        raise NotFound("No such media")
+    return record
+
+
+def get(services: Services, principal: Principal, media_id: str) -> MediaRecord:
+    require_scope(principal, READ)
+    return _visible(services, principal, media_id)
+
+
+def delete(services: Services, principal: Principal, media_id: str) -> None:
+    require_scope(principal, WRITE)
+    record = _visible(services, principal, media_id)
+    digest = record.sha256 or _NO_BLOB
+    with services.repo.digest_scope(digest) as scope:
+        if scope.delete(record.id) is None:
+            raise NotFound("No such media")  # a concurrent delete won
+        if record.sha256 is not None and scope.references(record.sha256) == 0:
+            services.store.delete(record.sha256)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[MediaRecord]
+    next_cursor: str | None
+
+
+def encode_cursor(record: MediaRecord) -> str:
+    raw = json.dumps([record.created_at.isoformat(), str(record.id)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, ident = json.loads(raw)
+        after = (datetime.fromisoformat(created), uuid.UUID(ident))
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise BadRequest("`cursor` is not a cursor this service issued") from None
+    if after[0].tzinfo is None:
+        raise BadRequest("`cursor` is not a cursor this service issued")
+    return after
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_PAGE
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"`limit` must be an integer from 1 to {MAX_PAGE}") from None
+    if not 1 <= value <= MAX_PAGE:
+        raise BadRequest(f"`limit` must be an integer from 1 to {MAX_PAGE}")
+    return value
+
+
+def list_media(services: Services, principal: Principal, args: Mapping[str, str]) -> Page:
+    require_scope(principal, READ)
+    status = args.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"`status` must be one of {', '.join(STATUSES)}")
+    cursor = args.get("cursor")
+    limit = _limit(args.get("limit"))
+    query = ListQuery(
+        owner=None if principal.is_admin else principal.subject,
+        limit=limit + 1,  # one more tells whether there is a next page
+        after=decode_cursor(cursor) if cursor else None,
+        content_type_prefix=args.get("content_type") or None,
+        status=status,
+    )
+    rows = services.repo.list(query)
+    items = rows[:limit]
+    return Page(items=items, next_cursor=encode_cursor(items[-1]) if len(rows) > limit else None)
+
+
+@dataclass
+class Content:
+    record: MediaRecord
+    representation: Representation
+    decision: Decision
+    file: BinaryIO | None  # open and positioned at the first byte to send; None when no body
+
+
+def read_content(
+    services: Services, principal: Principal, media_id: str, method: str, headers: HeaderLookup
+) -> Content:
+    require_scope(principal, READ)
+    record = _visible(services, principal, media_id)
+    if record.status != "ready" or record.sha256 is None:
+        raise NotFound("The content of this media is not available (yet)")
+    rep = Representation(etag=record.sha256, last_modified=record.created_at, size=record.size)
+    decision = evaluate(method, headers, rep)
+    file = None
+    if method == "GET" and decision.status in (200, 206):
+        file = services.store.open(record.sha256)
+        file.seek(decision.start)
+    return Content(record, rep, decision, file)
+
+
+def to_json(record: MediaRecord) -> dict[str, Any]:
+    self_link = f"/media/{record.id}"
+    content_link = f"{self_link}/content"
+    return {
+        "id": str(record.id),
+        "filename": record.filename,
+        "content_type": record.content_type,
+        "size": record.size,
+        "sha256": record.sha256,
+        "status": record.status,
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "owner": record.owner,
+        "url": content_link,
+        "links": {"self": self_link, "content": content_link},
+    }

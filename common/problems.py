@@ -1,0 +1,169 @@
+"""One error model: exceptions that carry their HTTP status and headers, rendered as RFC 9457.
+
+Adapters (`cas`, `repository`, `tokens`, `uploads`) raise the domain exceptions at the bottom of
+this module; `to_problem` translates them at the edge, in one table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://media.recipes.example/problems/"
+
+
+class Problem(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status}
+        if self.detail:
+            doc["detail"] = self.detail
+        doc.update(self.extra)
+        doc["request_id"] = request_id
+        return doc
+
+
+class BadRequest(Problem):
+    status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Unauthorized(Problem):
+    status, slug, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str | None = None, *, error: str | None = "invalid_token") -> None:
+        super().__init__(detail)
+        self.error = error
+
+    def headers(self) -> dict[str, str]:
+        # RFC 6750 §3: no error code when the request carried no token at all.
+        if self.error is None:
+            return {"WWW-Authenticate": 'Bearer realm="media"'}
+        return {"WWW-Authenticate": f'Bearer realm="media", error="{self.error}"'}
+
+
+class Forbidden(Problem):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+    def __init__(self, detail: str | None = None, *, scope: str | None = None) -> None:
+        super().__init__(detail)
+        self.scope = scope
+
+    def headers(self) -> dict[str, str]:
+        if self.scope is None:
+            return {}
+        return {"WWW-Authenticate": f'Bearer realm="media", error="insufficient_scope", scope="{self.scope}"'}
+
+
+class NotFound(Problem):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class MethodNotAllowed(Problem):
+    status, slug, title = 405, "method-not-allowed", "Method not allowed"
+
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__(f"Allowed: {', '.join(allowed)}")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
+
+class PreconditionFailed(Problem):
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(Problem):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class RangeNotSatisfiable(Problem):
+    status, slug, title = 416, "range-not-satisfiable", "Range not satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"The representation has {size} bytes")
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
+class ServiceUnavailable(Problem):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}
+
+
+class InsufficientStorage(Problem):
+    status, slug, title = 507, "insufficient-storage", "Insufficient storage"
+
+
+# --- Domain exceptions raised by adapters; translated by `to_problem`. -------------------------------
+
+
+class MediaError(Exception):
+    """Base of the domain errors."""
+
+
+class BlobTooLarge(MediaError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class TypeNotAllowed(MediaError):
+    def __init__(self, detected: str, allowed: frozenset[str]) -> None:
+        super().__init__(f"the content is {detected}; allowed types are {', '.join(sorted(allowed))}")
+        self.detected = detected
+
+
+class MalformedUpload(MediaError):
+    """The request body is not the multipart/form-data we documented."""
+
+
+class BlobMissing(MediaError):
+    """A record points at bytes the store does not have (never expected; logged loudly)."""
+
+
+class StorageFull(MediaError):
+    """The storage volume ran out of space (ENOSPC / EDQUOT)."""
+
+
+class DatabaseUnavailable(MediaError):
+    """PostgreSQL did not answer within the configured timeout."""
+
+
+def to_problem(exc: BaseException) -> Problem:
+    """Translate any exception to the problem the client sees (unknown ones become a bare 500)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, BlobTooLarge):
+        return PayloadTooLarge(str(exc), limit=exc.limit)
+    if isinstance(exc, TypeNotAllowed):
+        return UnsupportedMediaType(str(exc), detected_type=exc.detected)
+    if isinstance(exc, MalformedUpload):
+        return BadRequest(str(exc))
+    if isinstance(exc, StorageFull):
+        return InsufficientStorage("The storage volume is full; nothing was stored")
+    if isinstance(exc, DatabaseUnavailable):
+        return ServiceUnavailable("The database is unavailable; retry shortly")
+    return Problem()

@@ -1,0 +1,285 @@
+"""Media records in PostgreSQL (psycopg 3 with a per-process pool), and an in-memory twin for tests.
+
+Only this module speaks SQL. Every query is parameterised. Driver and pool failures leave it as
+`DatabaseUnavailable` (503 at the edge), never as psycopg exceptions.
+
+`digest_scope(sha256)` is the lock that keeps the CAS and the table consistent: it holds a
+PostgreSQL session advisory lock keyed by the digest, on one connection, until the block ends.
+Committing an upload and deleting the last record of a digest both happen inside it, so a delete
+can never unlink a blob between an upload's rename and its INSERT (see `media.py`). Advisory
+locks work across processes and hosts, which file locks on NFS do not.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from common.problems import DatabaseUnavailable
+
+STATUSES = ("pending", "ready", "failed")
+
+
+@dataclass(frozen=True)
+class MediaRecord:
+    id: uuid.UUID
+    owner: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewMedia:
+    owner: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    status: str = "ready"
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    owner: str | None  # None: every owner (admins)
+    limit: int
+    after: tuple[datetime, uuid.UUID] | None = None  # keyset: rows strictly older than this
+    content_type_prefix: str | None = None
+    status: str | None = None
+
+
+class DigestScope(Protocol):
+    def insert(self, new: NewMedia) -> MediaRecord: ...
+
+    def delete(self, media_id: uuid.UUID) -> MediaRecord | None: ...
+
+    def references(self, sha256: str) -> int: ...
+
+
+class MediaRepository(Protocol):
+    def get(self, media_id: uuid.UUID) -> MediaRecord | None: ...
+
+    def list(self, query: ListQuery) -> list[MediaRecord]: ...
+
+    def digest_scope(self, sha256: str) -> AbstractContextManager[DigestScope]: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _lock_key(sha256: str) -> int:
+    """A signed 64-bit advisory-lock key from the digest's first 16 hex digits."""
+    return int(sha256[:16], 16) - (1 << 63)
+
+
+_COLUMNS = "id, owner, filename, content_type, size, sha256, status, created_at, updated_at"
+
+
+def _record(row: dict[str, Any]) -> MediaRecord:
+    return MediaRecord(**row)
+
+
+@contextmanager
+def _unavailable_on_failure() -> Iterator[None]:
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+        raise DatabaseUnavailable(str(exc).strip() or exc.__class__.__name__) from exc
+
+
+class _PgDigestScope:
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        self._conn = conn
+
+    def insert(self, new: NewMedia) -> MediaRecord:
+        with _unavailable_on_failure(), self._conn.transaction():
+            row = self._conn.execute(
+                f"INSERT INTO media (id, owner, filename, content_type, size, sha256, status)"  # noqa: S608
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                (uuid.uuid4(), new.owner, new.filename, new.content_type, new.size, new.sha256, new.status),
+            ).fetchone()
+        assert row is not None
+        return _record(row)
+
+    def delete(self, media_id: uuid.UUID) -> MediaRecord | None:
+        with _unavailable_on_failure(), self._conn.transaction():
+            row = self._conn.execute(
+                f"DELETE FROM media WHERE id = %s RETURNING {_COLUMNS}",  # noqa: S608
+                (media_id,),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def references(self, sha256: str) -> int:
+        with _unavailable_on_failure():
+            row = self._conn.execute(
+                "SELECT count(*) AS n FROM media WHERE sha256 = %s", (sha256,)
+            ).fetchone()
+        assert row is not None
+        return int(row["n"])
+
+
+class PgMediaRepository:
+    """Opens its pool on construction; build it per process, after the fork (see services.py)."""
+
+    def __init__(self, conninfo: str, *, max_size: int = 8, timeout_seconds: float = 2.0) -> None:
+        self._timeout = timeout_seconds
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] = (
+            psycopg_pool.ConnectionPool(
+                conninfo,
+                min_size=1,
+                max_size=max_size,
+                timeout=timeout_seconds,
+                open=False,
+                # A connection broken while the database was away is noticed and replaced on
+                # checkout, so the service recovers by itself when PostgreSQL is back.
+                check=psycopg_pool.ConnectionPool.check_connection,
+                reconnect_timeout=0,  # keep trying for ever; readiness reports the outage
+                connection_class=psycopg.Connection[dict[str, Any]],
+                kwargs={
+                    "autocommit": True,
+                    # A cluster created with SQL_ASCII would otherwise hand back bytes for text.
+                    "client_encoding": "utf8",
+                    "row_factory": dict_row,
+                    "connect_timeout": max(1, int(timeout_seconds)),
+                    "options": f"-c statement_timeout={int(max(timeout_seconds, 1) * 5000)}",
+                },
+                name="media",
+            )
+        )
+        self._pool.open(wait=False)
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        with _unavailable_on_failure(), self._pool.connection(timeout=self._timeout) as conn:
+            yield conn
+
+    def get(self, media_id: uuid.UUID) -> MediaRecord | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM media WHERE id = %s",  # noqa: S608
+                (media_id,),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def list(self, query: ListQuery) -> list[MediaRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if query.owner is not None:
+            where.append("owner = %s")
+            params.append(query.owner)
+        if query.after is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            params.extend(query.after)
+        if query.content_type_prefix:
+            where.append("starts_with(content_type, %s)")
+            params.append(query.content_type_prefix)
+        if query.status:
+            where.append("status = %s")
+            params.append(query.status)
+        sql = f"SELECT {_COLUMNS} FROM media"  # noqa: S608 - only fixed fragments are joined
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        params.append(query.limit)
+        with self._conn() as conn:
+            rows = conn.execute(sql.encode(), params).fetchall()
+        return [_record(r) for r in rows]
+
+    @contextmanager
+    def digest_scope(self, sha256: str) -> Iterator[DigestScope]:
+        with self._conn() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (_lock_key(sha256),))
+            try:
+                yield _PgDigestScope(conn)
+            finally:
+                # If the connection broke, the session (and its lock) is gone anyway.
+                if not conn.closed and not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sha256),))
+
+    def ping(self) -> None:
+        with self._conn() as conn:
+            conn.execute("SELECT 1")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class InMemoryMediaRepository:
+    """The same contract without a database, for unit tests of the use cases."""
+
+    def __init__(self) -> None:
+        self.rows: dict[uuid.UUID, MediaRecord] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.available = True
+
+    def _check(self) -> None:
+        if not self.available:
+            raise DatabaseUnavailable("in-memory repository switched off")
+
+    def get(self, media_id: uuid.UUID) -> MediaRecord | None:
+        self._check()
+        return self.rows.get(media_id)
+
+    def list(self, query: ListQuery) -> list[MediaRecord]:
+        self._check()
+        rows = [
+            r
+            for r in self.rows.values()
+            if (query.owner is None or r.owner == query.owner)
+            and (query.after is None or (r.created_at, r.id) < query.after)
+            and (not query.content_type_prefix or r.content_type.startswith(query.content_type_prefix))
+            and (not query.status or r.status == query.status)
+        ]
+        rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return rows[: query.limit]
+
+    @contextmanager
+    def digest_scope(self, sha256: str) -> Iterator[DigestScope]:
+        self._check()
+        with self._guard:
+            lock = self._locks.setdefault(sha256, threading.Lock())
+        with lock:
+            yield _MemoryDigestScope(self)
+
+    def ping(self) -> None:
+        self._check()
+
+    def close(self) -> None:
+        return None
+
+
+class _MemoryDigestScope:
+    def __init__(self, repo: InMemoryMediaRepository) -> None:
+        self._repo = repo
+
+    def insert(self, new: NewMedia) -> MediaRecord:
+        self._repo._check()
+        now = datetime.now(UTC)
+        record = MediaRecord(id=uuid.uuid4(), created_at=now, updated_at=now, **new.__dict__)
+        with self._repo._guard:
+            self._repo.rows[record.id] = record
+        return replace(record)
+
+    def delete(self, media_id: uuid.UUID) -> MediaRecord | None:
+        self._repo._check()
+        with self._repo._guard:
+            return self._repo.rows.pop(media_id, None)
+
+    def references(self, sha256: str) -> int:
+        self._repo._check()
+        return sum(1 for r in self._repo.rows.values() if r.sha256 == sha256)

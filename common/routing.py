@@ -1,0 +1,88 @@
+"""The routing table: which function serves which method and path.
+
+It lives in one place, the OpenAPI document shipped with this package (`x-function` on every
+operation). Each function's URL map, the local router and (later) the Kubernetes routes are
+derived from it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+from werkzeug.routing import Map, Rule
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Route:
+    function: str
+    method: str  # upper case
+    path: str  # OpenAPI template, e.g. /media/{id}
+    operation_id: str
+    probe: bool = False  # also answered by every function for its own Kubernetes probes
+
+    @property
+    def rule(self) -> str:
+        """The Werkzeug rule for this path: `/media/{id}` becomes `/media/<id>`."""
+        return _PARAM.sub(r"<\1>", self.path)
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    text = resources.files("common").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
+
+
+@cache
+def routes() -> tuple[Route, ...]:
+    table: list[Route] = []
+    for path, item in openapi_document()["paths"].items():
+        for method in HTTP_METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            table.append(
+                Route(
+                    function=op["x-function"],
+                    method=method.upper(),
+                    path=path,
+                    operation_id=op["operationId"],
+                    probe=bool(op.get("x-probe", False)),
+                )
+            )
+    return tuple(table)
+
+
+def functions() -> tuple[str, ...]:
+    return tuple(sorted({r.function for r in routes()}))
+
+
+def routes_served_by(function: str) -> tuple[Route, ...]:
+    """What a function's process answers: its own routes plus the probe routes."""
+    return tuple(r for r in routes() if r.function == function or r.probe)
+
+
+def url_map(table: tuple[Route, ...]) -> Map:
+    """A Werkzeug map whose endpoints are operation ids (GET rules also answer HEAD)."""
+    return Map(
+        [Rule(r.rule, methods=[r.method], endpoint=r.operation_id) for r in table],
+        strict_slashes=False,
+        merge_slashes=False,
+    )
+
+
+def ingress_map() -> Map:
+    """What the ingress does: (method, path) to the owning function's name."""
+    return Map(
+        [Rule(r.rule, methods=[r.method], endpoint=r.function) for r in routes()],
+        strict_slashes=False,
+        merge_slashes=False,
+    )

@@ -1,0 +1,118 @@
+"""Streaming intake of a multipart/form-data upload into a CAS writer.
+
+The body is read in fixed chunks from the WSGI input stream and fed through Werkzeug's sans-IO
+multipart decoder; the bytes of the `file` part go straight into the writer (which hashes,
+counts and keeps the sniff prefix), so they are copied once and never held in memory or spooled
+to TMPDIR the way `request.files` would. `request.form`/`request.files`/`request.data` are never
+touched on this path.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from typing import IO
+
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+from common.cas import SNIFF_BYTES, BlobWriter
+from common.problems import MalformedUpload, UnsupportedMediaType
+
+CHUNK_BYTES = 256 * 1024
+FILE_FIELD = "file"
+MAX_OTHER_FIELD_BYTES = 64 * 1024  # other form fields are ignored, but not unboundedly
+MAX_FILENAME_CHARS = 255
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\/]")
+
+
+def safe_filename(raw: str | None) -> str:
+    """A name fit for Content-Disposition: no path, no control characters, NFC, bounded length."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = re.split(r"[\\/]", name)[-1]  # browsers on Windows may send C:\fakepath\photo.jpg
+    name = _UNSAFE.sub("_", name).strip(" .")
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        keep = ext if dot and len(ext) <= 16 else ""
+        name = name[: MAX_FILENAME_CHARS - len(keep) - 1] + ("." + keep if keep else "")
+    return name or "upload"
+
+
+def boundary_of(content_type: str | None) -> bytes:
+    mimetype, options = parse_options_header(content_type or "")
+    if mimetype != "multipart/form-data":
+        raise UnsupportedMediaType(
+            f"Send the file as multipart/form-data in the field `{FILE_FIELD}`"
+            f" (got {mimetype or 'no Content-Type'})"
+        )
+    boundary = options.get("boundary", "")
+    if not boundary or len(boundary) > 200:
+        raise MalformedUpload("the multipart Content-Type has no usable boundary")
+    return boundary.encode("latin-1")
+
+
+def receive_multipart(
+    stream: IO[bytes],
+    content_type: str | None,
+    writer: BlobWriter,
+    on_prefix: Callable[[bytes], None],
+) -> str:
+    """Stream the single `file` part into `writer`; return its (sanitised) filename.
+
+    `on_prefix` is called once with the first `SNIFF_BYTES` of the file (or all of it when shorter)
+    and may raise to reject the upload before the rest of the body is read.
+    """
+    # The decoder's own bound caps what it buffers (part headers, one chunk of data).
+    decoder = MultipartDecoder(
+        boundary_of(content_type), max_form_memory_size=CHUNK_BYTES + MAX_OTHER_FIELD_BYTES
+    )
+    filename: str | None = None
+    in_file = False
+    sniffed = False
+    other_bytes = 0
+
+    while True:
+        try:
+            chunk = stream.read(CHUNK_BYTES)
+        except ClientDisconnected:
+            raise MalformedUpload("the client disconnected before the body was complete") from None
+        try:
+            decoder.receive_data(chunk or None)
+            event = decoder.next_event()
+            while not isinstance(event, NeedData | Epilogue):
+                if isinstance(event, File):
+                    if event.name != FILE_FIELD:
+                        raise MalformedUpload(f"unexpected file field `{event.name}`; use `{FILE_FIELD}`")
+                    if filename is not None:
+                        raise MalformedUpload("send exactly one file per request")
+                    filename = safe_filename(event.filename)
+                    in_file = True
+                elif isinstance(event, Field):
+                    in_file = False
+                elif isinstance(event, Data):
+                    if in_file:
+                        writer.write(event.data)
+                        if not sniffed and writer.size >= SNIFF_BYTES:
+                            sniffed = True
+                            on_prefix(writer.prefix)
+                    else:
+                        other_bytes += len(event.data)
+                        if other_bytes > MAX_OTHER_FIELD_BYTES:
+                            raise MalformedUpload("the form fields besides the file are too large")
+                event = decoder.next_event()
+        except (ValueError, RequestEntityTooLarge) as exc:
+            if not chunk:
+                raise MalformedUpload("the body ended before the closing multipart boundary") from None
+            raise MalformedUpload(f"the multipart body is malformed: {exc}") from None
+        if isinstance(event, Epilogue):
+            break
+        if not chunk:
+            raise MalformedUpload("the body ended before the closing multipart boundary")
+
+    if filename is None:
+        raise MalformedUpload(f"the form has no `{FILE_FIELD}` part")
+    if not sniffed:
+        on_prefix(writer.prefix)
+    return filename

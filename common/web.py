@@ -1,0 +1,239 @@
+"""Request/response glue shared by the functions: dispatch by the routing table, problem+json,
+authentication, JSON and content responses, request ids and access logs.
+
+A function's `main.py` declares its handlers on a `Routes` object and exposes `routes.target()`
+to functions-framework; tests call `routes.wsgi_app(lambda: services)` with fakes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.exceptions import NotFound as WzNotFound
+from werkzeug.routing import Map
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import wrap_file
+
+from common import logs, routing
+from common.media import Content
+from common.problems import BadRequest, MethodNotAllowed, NotFound, Problem, to_problem
+from common.services import Services
+from common.tokens import Principal, bearer_token
+
+log = logging.getLogger("media.http")
+
+ServiceSource = Callable[[], Services]
+Handler = Callable[..., Response]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# MSC2702 / Synapse: only passive types are shown inline; everything else downloads.
+INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"})
+FILE_CHUNK = 1024 * 1024
+
+
+def request_id_of(request: Request) -> str:
+    rid = request.environ.get("media.request_id")
+    if rid is None:
+        given = request.headers.get("X-Request-ID", "")
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.environ["media.request_id"] = rid
+    return str(rid)
+
+
+def problem_response(problem: Problem, request: Request) -> Response:
+    """RFC 9457 body, sent as a *streamed* response.
+
+    functions-framework reads the whole request body after every non-streamed response (its
+    `read_request` after-request hook); an early 401/413/415 on a large upload would pull the
+    whole upload in. A streamed body skips that hook, and `Connection: close` tells the client
+    (and proxies) that the rest of its body will not be read.
+    """
+    body = json.dumps(problem.body(request_id_of(request))).encode()
+    response = Response(iter([body]), status=problem.status, content_type="application/problem+json")
+    response.headers["Content-Length"] = str(len(body))
+    response.headers.update(problem.headers())
+    if _has_unread_body(request):
+        response.headers["Connection"] = "close"
+    return response
+
+
+def _has_unread_body(request: Request) -> bool:
+    return bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(data), status=status, content_type="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def authenticate(request: Request, services: Services) -> Principal:
+    return services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+
+
+def content_disposition(filename: str, content_type: str) -> str:
+    """RFC 6266 with an ASCII fallback and RFC 8187 `filename*`; the name was sanitised at upload."""
+    kind = "inline" if content_type in INLINE_TYPES else "attachment"
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    ascii_name = re.sub(r'[^\x20-\x7e]|["\\]', "_", ascii_name) or "download"
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+class _Span:
+    """A file object limited to `length` bytes from its current position.
+
+    gunicorn sends it with sendfile (it uses `fileno()`, the current offset and Content-Length);
+    servers without sendfile read it and stop at the end of the range.
+    """
+
+    def __init__(self, file: BinaryIO, length: int) -> None:
+        self._file = file
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._file.read(size)
+        self._left -= len(data)
+        return data
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def content_response(content: Content, request: Request) -> Response:
+    record, rep, decision = content.record, content.representation, content.decision
+    headers = {
+        "ETag": rep.etag_header,
+        "Last-Modified": rep.last_modified_header,
+        "Cache-Control": "private, max-age=31536000, immutable",
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+    }
+    if decision.status == 304:
+        return Response(status=304, headers=headers)
+    headers["Content-Type"] = record.content_type
+    headers["Content-Disposition"] = content_disposition(record.filename, record.content_type)
+    headers["Content-Length"] = str(decision.length)
+    if decision.status == 206:
+        headers["Content-Range"] = f"bytes {decision.start}-{decision.end}/{rep.size}"
+    body: Iterable[bytes] = ()
+    if content.file is not None:
+        body = wrap_file(request.environ, _Span(content.file, decision.length), FILE_CHUNK)  # type: ignore[arg-type]
+    # direct_passthrough hands the file wrapper to the server untouched (sendfile under gunicorn).
+    return Response(body, status=decision.status, headers=headers, direct_passthrough=True)
+
+
+class Routes:
+    """The handlers of one function, keyed by the routing table's operation ids."""
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        self.table = routing.routes_served_by(function)
+        self.handlers: dict[str, tuple[Handler, bool]] = {}
+        self._map: Map | None = None
+
+    def operation(self, *operation_ids: str, services: bool = True) -> Callable[[Handler], Handler]:
+        """Register a handler: `(request, services)`, or `(request)` when `services=False`."""
+
+        def register(handler: Handler) -> Handler:
+            for op in operation_ids:
+                self.handlers[op] = (handler, services)
+            return handler
+
+        return register
+
+    @property
+    def url_map(self) -> Map:
+        if self._map is None:
+            self._map = routing.url_map(self.table)
+        return self._map
+
+    def dispatch(self, request: Request, provider: ServiceSource) -> Response:
+        started = time.perf_counter()
+        request_id_of(request)
+        try:
+            response = self._handle(request, provider)
+        except Exception as exc:
+            problem = to_problem(exc)
+            if type(problem) is Problem:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+            response = problem_response(problem, request)
+        response.headers["X-Request-ID"] = request_id_of(request)
+        self._access_log(request, response, started)
+        return response
+
+    def _handle(self, request: Request, provider: ServiceSource) -> Response:
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            operation_id, args = adapter.match()
+        except WzMethodNotAllowed as exc:
+            raise MethodNotAllowed(sorted(exc.valid_methods or [])) from None
+        except WzNotFound:
+            raise NotFound(f"No route for {request.path}") from None
+        handler, wants_services = self.handlers[operation_id]
+        if wants_services:
+            return handler(request, provider(), **args)
+        return handler(request, **args)
+
+    def _access_log(self, request: Request, response: Response, started: float) -> None:
+        log.info(
+            "request",
+            extra={
+                "function": self.function,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "request_id": request_id_of(request),
+            },
+        )
+
+    def target(self, provider: ServiceSource) -> Callable[[Request], Response]:
+        """The callable functions-framework serves (it passes Flask's request)."""
+
+        logs.configure()
+
+        def serve(request: Request) -> Response:
+            return self.dispatch(request, provider)
+
+        serve.__name__ = self.function
+        return serve
+
+    def wsgi_app(self, provider: ServiceSource) -> WsgiApp:
+        """The same dispatch as a bare WSGI app, for tests that pass their own services."""
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            return self.dispatch(Request(environ), provider)(environ, start_response)
+
+        return app
+
+
+def render_http_exception(exc: HTTPException) -> Response:
+    """For the errors functions-framework raises itself (its 404 for /robots.txt and /favicon.ico)."""
+    from flask import request as flask_request
+
+    problem: Problem = NotFound() if exc.code == 404 else BadRequest(exc.description)
+    return problem_response(problem, flask_request)

@@ -1,0 +1,38 @@
+"""The download function: `GET /media`, `GET /media/{id}`, `GET|HEAD /media/{id}/content`."""
+
+from __future__ import annotations
+
+import functions_framework
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from common import health, media, web
+from common.services import Services, default_provider
+
+routes = web.Routes("download")
+health.register_probes(routes)
+
+
+@routes.operation("listMedia")
+def list_media(request: Request, services: Services) -> Response:
+    page = media.list_media(services, web.authenticate(request, services), request.args)
+    return web.json_response(
+        {"items": [media.to_json(r) for r in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+@routes.operation("getMedia")
+def get_media(request: Request, services: Services, id: str) -> Response:
+    record = media.get(services, web.authenticate(request, services), id)
+    return web.json_response(media.to_json(record))
+
+
+@routes.operation("getMediaContent", "headMediaContent")
+def get_content(request: Request, services: Services, id: str) -> Response:
+    principal = web.authenticate(request, services)
+    content = media.read_content(services, principal, id, request.method, request.headers)
+    return web.content_response(content, request)
+
+
+functions_framework.errorhandler(HTTPException)(web.render_http_exception)
+download = functions_framework.http(routes.target(default_provider))

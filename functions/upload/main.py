@@ -1,0 +1,32 @@
+"""The upload function: `POST /media` (multipart, streamed) and `DELETE /media/{id}`."""
+
+from __future__ import annotations
+
+import functions_framework
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from common import health, media, web
+from common.services import Services, default_provider
+
+routes = web.Routes("upload")
+health.register_probes(routes)
+
+
+@routes.operation("uploadMedia")
+def upload_media(request: Request, services: Services) -> Response:
+    principal = web.authenticate(request, services)
+    # The raw stream, never request.files/form/data: the body is streamed into storage.
+    record = media.upload_multipart(services, principal, request.stream, request.headers.get("Content-Type"))
+    body = media.to_json(record)
+    return web.json_response(body, 201, {"Location": body["links"]["self"]})
+
+
+@routes.operation("deleteMedia")
+def delete_media(request: Request, services: Services, id: str) -> Response:
+    media.delete(services, web.authenticate(request, services), id)
+    return Response(status=204)
+
+
+functions_framework.errorhandler(HTTPException)(web.render_http_exception)
+upload = functions_framework.http(routes.target(default_provider))

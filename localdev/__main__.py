@@ -1,0 +1,118 @@
+"""`make run`: the whole service on one port, with an embedded PostgreSQL unless one is configured.
+
+1. A development JWT secret is generated into `<data dir>/dev/jwt-secret` if MEDIA_JWT_SECRET is unset.
+2. Unless MEDIA_DATABASE_URL is set, PostgreSQL (the `pgserver` package) starts on a Unix socket
+   under `<data dir>/pg`.
+3. Migrations run; temp files left by a previous run are removed (nothing else writes here now).
+4. gunicorn serves the local router (all four functions, dispatched by the routing table) on
+   MEDIA_HOST:MEDIA_PORT. Ctrl-C or SIGTERM stops gunicorn, then the embedded database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from common import logs
+from common.cas import LocalBlobStore
+from common.config import Config, DevelopmentModeWarning
+from common.migrate import migrate
+from localdev import devsecrets
+from localdev.router import build_router, load_functions
+
+log = logging.getLogger("media.localdev")
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, app: Any, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self._app
+
+
+def start_embedded_postgres(data_dir: Path) -> tuple[Any, str]:
+    import pgserver
+
+    pgdata = data_dir / "pg"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(pgdata), cleanup_mode="stop")  # type: ignore[attr-defined]
+    return server, str(server.get_uri())
+
+
+def prepare() -> tuple[Config, Any]:
+    """Fill in the development defaults, start the embedded database if needed, migrate."""
+    logs.configure()
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    warnings.simplefilter("default", DevelopmentModeWarning)
+    config = Config.from_env(os.environ)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+
+    if not config.jwt_secret:
+        os.environ["MEDIA_JWT_SECRET"] = devsecrets.jwt_secret(config.data_dir)
+        warnings.warn(
+            f"MEDIA_JWT_SECRET unset: using the development secret in {devsecrets.path(config.data_dir)}",
+            DevelopmentModeWarning,
+            stacklevel=1,
+        )
+    server = None
+    if not config.database_url:
+        server, url = start_embedded_postgres(config.data_dir)
+        os.environ["MEDIA_DATABASE_URL"] = url
+        log.info("embedded PostgreSQL running under %s", config.data_dir / "pg")
+    config = Config.from_env(os.environ)
+    applied = migrate(config.require_database_url())
+    log.info("migrations applied: %s", applied or "none (up to date)")
+    return config, server
+
+
+def serve(config: Config) -> None:
+    # Nothing else writes to this volume while we start, so every temp file is abandoned.
+    LocalBlobStore(config.cas_root).sweep_temp(0)
+    app = build_router(load_functions())
+    options = {
+        "bind": f"{config.host}:{config.port}",
+        "workers": 1,
+        "threads": 8,
+        "worker_class": "gthread",
+        "timeout": 0,  # uploads may take as long as they take
+        "graceful_timeout": 10,
+        "accesslog": None,
+        "loglevel": "warning",
+    }
+    print(
+        f"media service on http://{config.host}:{config.port}  (`make token` prints a bearer token)",
+        flush=True,
+    )
+    _Gunicorn(app, options).run()
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "serve"
+    if command not in ("serve", "migrate"):
+        print("usage: python -m localdev [serve|migrate]", file=sys.stderr)
+        return 2
+    config, server = prepare()
+    try:
+        if command == "serve":
+            serve(config)
+    finally:
+        if server is not None:
+            server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,84 @@
+"""Test data and tokens: real files of each type, unique per call, and JWTs."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from PIL import Image
+
+from common.tokens import READ, WRITE, issue_hs256
+
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def png(width: int = 16, height: int = 16) -> bytes:
+    """A valid PNG with random pixels, so every call gives different bytes (and a different digest)."""
+    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def jpeg(width: int = 32, height: int = 32) -> bytes:
+    img = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def pdf() -> bytes:
+    """A one-page PDF; the comment makes the bytes unique."""
+    body = (
+        b"%PDF-1.4\n%" + uuid.uuid4().hex.encode() + b"\n"
+        b"1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+        b"2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+        b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 100 100]>>endobj\n"
+        b"trailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    return body
+
+
+def elf() -> bytes:
+    """A real executable from this machine."""
+    return Path("/bin/true").read_bytes()
+
+
+def token(
+    subject: str | None = None,
+    scopes: Iterable[str] = (READ, WRITE),
+    secret: str = TEST_SECRET,
+    **kwargs: object,
+) -> str:
+    return issue_hs256(secret, subject or f"user-{uuid.uuid4().hex[:12]}", scopes, **kwargs)  # type: ignore[arg-type]
+
+
+def bearer(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def multipart(
+    parts: list[tuple[str, str | None, bytes]], boundary: str = "----media-test-boundary-7MA4YWxk"
+) -> tuple[bytes, str]:
+    """(body, content type) for parts of (field name, filename or None, data)."""
+    out = io.BytesIO()
+    for name, filename, data in parts:
+        out.write(f"--{boundary}\r\n".encode())
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out.write(f"Content-Disposition: {disposition}\r\n".encode())
+        if filename is not None:
+            out.write(b"Content-Type: application/octet-stream\r\n")
+        out.write(b"\r\n")
+        out.write(data)
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def upload_body(data: bytes, filename: str = "photo.png") -> tuple[bytes, str]:
+    return multipart([("file", filename, data)])

@@ -1,0 +1,103 @@
+"""The PostgreSQL repository and the CAS together, against a real database and filesystem."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from common import media
+from common.problems import DatabaseUnavailable
+from common.repository import ListQuery, NewMedia, PgMediaRepository
+from common.services import Services
+from common.tokens import READ, WRITE, Principal
+from tests.factories import png, upload_body
+from tests.support import RunningPostgres
+
+
+def new(owner: str, sha: str | None = None) -> NewMedia:
+    return NewMedia(
+        owner=owner, filename="f.png", content_type="image/png", size=3, sha256=sha or uuid.uuid4().hex * 2
+    )
+
+
+def test_insert_get_and_keyset_listing(services: Services) -> None:
+    owner = f"o-{uuid.uuid4()}"
+    created = []
+    for _ in range(5):
+        rec = new(owner)
+        with services.repo.digest_scope(rec.sha256) as scope:
+            created.append(scope.insert(rec))
+    assert services.repo.get(created[0].id) == created[0]
+    page = services.repo.list(ListQuery(owner=owner, limit=2))
+    assert [r.id for r in page] == [created[4].id, created[3].id]
+    rest = services.repo.list(ListQuery(owner=owner, limit=10, after=(page[-1].created_at, page[-1].id)))
+    assert [r.id for r in rest] == [c.id for c in created[2::-1]]
+    assert services.repo.list(ListQuery(owner=owner, limit=10, content_type_prefix="application/")) == []
+
+
+def test_digest_scope_excludes_other_holders_of_the_same_digest(services: Services) -> None:
+    digest = uuid.uuid4().hex * 2
+    inside = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def first() -> None:
+        with services.repo.digest_scope(digest):
+            order.append("first in")
+            inside.set()
+            release.wait(5)
+            order.append("first out")
+
+    def second() -> None:
+        inside.wait(5)
+        with services.repo.digest_scope(digest):
+            order.append("second in")
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.submit(first), pool.submit(second)
+        inside.wait(5)
+        time.sleep(0.3)  # the second holder is now waiting on the advisory lock
+        assert order == ["first in"]
+        release.set()
+        a.result(10)
+        b.result(10)
+    assert order == ["first in", "first out", "second in"]
+
+
+def test_a_delete_racing_an_upload_of_the_same_bytes_never_strands_a_record(services: Services) -> None:
+    alice = Principal("race-" + uuid.uuid4().hex, frozenset({READ, WRITE}))
+    data = png()
+    body, ctype = upload_body(data)
+    for _ in range(15):
+        victim = media.upload_multipart(services, alice, io.BytesIO(body), ctype)
+        with ThreadPoolExecutor(2) as pool:
+            deleted = pool.submit(media.delete, services, alice, str(victim.id))
+            uploaded = pool.submit(media.upload_multipart, services, alice, io.BytesIO(body), ctype)
+            deleted.result(10)
+            survivor = uploaded.result(10)
+        assert survivor.sha256 is not None
+        assert services.store.exists(survivor.sha256), "a ready record lost its bytes"
+        media.delete(services, alice, str(survivor.id))
+        assert not services.store.exists(survivor.sha256)
+
+
+def test_an_unreachable_database_fails_fast_as_unavailable() -> None:
+    repo = PgMediaRepository("postgresql://nobody@127.0.0.1:1/none", timeout_seconds=1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable):
+            repo.get(uuid.uuid4())
+        assert time.monotonic() - started < 5
+    finally:
+        repo.close()
+
+
+def test_migrations_are_idempotent(pg: RunningPostgres) -> None:
+    from common.migrate import migrate
+
+    assert migrate(pg.url) == []

@@ -1,0 +1,134 @@
+"""Helpers shared by the test tiers: the PostgreSQL under test, function routes, config."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from common.config import Config
+from common.web import Routes
+from tests.factories import TEST_SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGE = "postgres:16-alpine"
+
+
+@cache
+def load_routes(function: str) -> Routes:
+    """A function's `routes`, loaded from its main.py under a unique module name.
+
+    (`import main` would be ambiguous: functions-framework registers every function as `main`.)
+    """
+    path = ROOT / "functions" / function / "main.py"
+    spec = importlib.util.spec_from_file_location(f"media_function_{function}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    routes = module.routes
+    assert isinstance(routes, Routes)
+    return routes
+
+
+def function_names() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "functions").glob("*/main.py"))
+
+
+def make_config(data_dir: Path, database_url: str, **overrides: str) -> Config:
+    env = {
+        "MEDIA_DATA_DIR": str(data_dir),
+        "MEDIA_DATABASE_URL": database_url,
+        "MEDIA_JWT_SECRET": TEST_SECRET,
+        "MEDIA_DB_TIMEOUT_SECONDS": "2",
+    }
+    env.update(overrides)
+    return Config.from_env(env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:
+        return False
+
+
+def postgres_mode() -> str:
+    """'docker' (Testcontainers), or 'embedded' (pgserver) when there is no Docker engine."""
+    if os.environ.get("MEDIA_TEST_POSTGRES") == "embedded":
+        return "embedded"
+    if docker_available():
+        return "docker"
+    if os.environ.get("MEDIA_TEST_REQUIRE_DOCKER") == "1":
+        raise RuntimeError(
+            "MEDIA_TEST_REQUIRE_DOCKER=1 but no Docker engine answers; "
+            'run `eval "$(../shared/ci/testcontainers-offline.sh)"` first'
+        )
+    return "embedded"
+
+
+@dataclass
+class RunningPostgres:
+    url: str
+    handle: Any
+    mode: str
+    port: int | None = None
+
+    def stop(self) -> None:
+        if self.mode == "docker":
+            self.handle.get_wrapped_container().stop(timeout=5)
+        else:
+            self.handle.cleanup()
+
+    def start(self) -> None:
+        if self.mode == "docker":
+            self.handle.get_wrapped_container().start()
+        else:
+            import pgserver
+
+            self.handle = pgserver.get_server(self.handle.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+
+
+@contextmanager
+def postgres(fixed_port: bool = False) -> Iterator[RunningPostgres]:
+    """A PostgreSQL for tests: a Testcontainers container, or an embedded one without Docker.
+
+    `fixed_port` binds the container to a chosen host port so it keeps its address across
+    stop/start (for the readiness drill).
+    """
+    mode = postgres_mode()
+    if mode == "docker":
+        from testcontainers.community.postgres import PostgresContainer
+
+        image = os.environ.get("MEDIA_TEST_POSTGRES_IMAGE") or DEFAULT_IMAGE
+        container = PostgresContainer(image, driver=None)
+        port = None
+        if fixed_port:
+            port = free_port()
+            container = container.with_bind_ports(5432, port)
+        with container:
+            yield RunningPostgres(container.get_connection_url(), container, mode, port)
+        return
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="mpg", dir="/tmp") as tmp:
+        server = pgserver.get_server(tmp, cleanup_mode="stop")  # type: ignore[attr-defined]
+        try:
+            yield RunningPostgres(str(server.get_uri()), server, mode)
+        finally:
+            server.cleanup()

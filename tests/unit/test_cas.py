@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from common.cas import SNIFF_BYTES, InMemoryBlobStore, LocalBlobStore
+from common.problems import BlobMissing, BlobTooLarge
+
+
+def store_bytes(store: LocalBlobStore, data: bytes, chunk: int = 7000) -> str:
+    with store.writer(10**9) as w:
+        for i in range(0, len(data), chunk):
+            w.write(data[i : i + chunk])
+        staged = w.finish()
+        store.commit(w)
+    return staged.sha256
+
+
+def test_commit_moves_the_bytes_to_their_address(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    data = os.urandom(100_000)
+    digest = store_bytes(store, data)
+    assert digest == hashlib.sha256(data).hexdigest()
+    path = tmp_path / "sha256" / digest[:2] / digest[2:4] / digest
+    assert path.read_bytes() == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with store.open(digest) as f:
+        assert f.read() == data
+
+
+def test_the_same_bytes_twice_keep_one_copy(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    data = os.urandom(5000)
+    assert store_bytes(store, data) == store_bytes(store, data)
+    assert len([p for p in (tmp_path / "sha256").rglob("*") if p.is_file()]) == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_the_writer_keeps_the_sniff_prefix(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    data = os.urandom(SNIFF_BYTES * 3)
+    with store.writer(10**9) as w:
+        for i in range(0, len(data), 1000):
+            w.write(data[i : i + 1000])
+        assert w.prefix == data[:SNIFF_BYTES]
+        assert w.size == len(data)
+
+
+def test_exceeding_the_limit_raises_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    with pytest.raises(BlobTooLarge), store.writer(10) as w:
+        w.write(b"12345")
+        w.write(b"678901")
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert [p for p in (tmp_path / "sha256").rglob("*") if p.is_file()] == []
+
+
+def test_an_uncommitted_writer_removes_its_temp_file(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    with store.writer(100) as w:
+        w.write(b"abc")
+        assert len(list((tmp_path / "tmp").iterdir())) == 1
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_delete_and_missing(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    digest = store_bytes(store, b"hello")
+    assert store.exists(digest)
+    store.delete(digest)
+    assert not store.exists(digest)
+    store.delete(digest)  # idempotent
+    with pytest.raises(BlobMissing):
+        store.open(digest)
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "A" * 64, "ab", "g" * 64])
+def test_paths_come_from_digests_only(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="SHA-256"):
+        LocalBlobStore(tmp_path).path_for(bad)
+
+
+def test_sweep_removes_only_stale_temp_files(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    stale = tmp_path / "tmp" / "upload-old.part"
+    fresh = tmp_path / "tmp" / "upload-new.part"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert store.sweep_temp(3600) == 1
+    assert not stale.exists()
+    assert fresh.exists()
+    assert store.sweep_temp(0) == 1
+    assert not fresh.exists()
+
+
+def test_check_writable_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    store.check_writable()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_an_unwritable_volume_fails_the_check(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    (tmp_path / "tmp").rmdir()
+    (tmp_path / "tmp").write_text("not a directory")
+    with pytest.raises(NotADirectoryError):
+        store.check_writable()
+
+
+def test_in_memory_store_honours_the_same_contract() -> None:
+    store = InMemoryBlobStore()
+    with store.writer(100) as w:
+        w.write(b"abc")
+        staged = w.finish()
+        store.commit(w)
+    assert store.exists(staged.sha256)
+    assert store.open(staged.sha256).read() == b"abc"
+    store.delete(staged.sha256)
+    with pytest.raises(BlobMissing):
+        store.open(staged.sha256)
+    with pytest.raises(BlobTooLarge), store.writer(2) as w:
+        w.write(b"abc")

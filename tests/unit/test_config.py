@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from common.config import DEFAULT_ALLOWED_TYPES, VARIABLES, Config, ConfigError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_defaults() -> None:
+    c = Config.from_env({})
+    assert c.port == 8080
+    assert c.max_upload_bytes == 100 * 1024 * 1024
+    assert c.allowed_types == frozenset(DEFAULT_ALLOWED_TYPES)
+    assert c.data_dir == Path("./var").absolute()
+    assert c.cas_root == c.data_dir / "cas"
+    assert c.database_url is None
+    assert c.jwt_issuer is None
+
+
+def test_values_are_parsed() -> None:
+    c = Config.from_env(
+        {
+            "MEDIA_PORT": "9000",
+            "MEDIA_MAX_UPLOAD_BYTES": "1024",
+            "MEDIA_ALLOWED_TYPES": " image/png , Image/JPEG,",
+            "MEDIA_JWT_AUDIENCE": "media",
+        }
+    )
+    assert (c.port, c.max_upload_bytes, c.jwt_audience) == (9000, 1024, "media")
+    assert c.allowed_types == {"image/png", "image/jpeg"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MEDIA_PORT", "eighty"),
+        ("MEDIA_PORT", "0"),
+        ("MEDIA_MAX_UPLOAD_BYTES", "-1"),
+        ("MEDIA_ALLOWED_TYPES", "png"),
+        ("MEDIA_ALLOWED_TYPES", ","),
+        ("MEDIA_DB_TIMEOUT_SECONDS", "0"),
+        ("MEDIA_DB_TIMEOUT_SECONDS", "soon"),
+    ],
+)
+def test_malformed_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+
+
+def test_required_values_are_demanded_by_name() -> None:
+    with pytest.raises(ConfigError, match="MEDIA_DATABASE_URL"):
+        Config.from_env({}).require_database_url()
+    with pytest.raises(ConfigError, match="MEDIA_JWT_SECRET"):
+        Config.from_env({}).require_jwt_secret()
+
+
+def test_readme_documents_every_variable_with_its_default() -> None:
+    text = README.read_text(encoding="utf-8")
+    for var in VARIABLES:
+        row = re.search(rf"^\| `{var.name}` \|([^|]*)\|", text, re.MULTILINE)
+        assert row, f"README has no table row for {var.name}"
+        documented = row.group(1).strip().strip("`")
+        expected = var.default if var.default is not None else "(unset)"
+        assert documented == expected, f"README says {documented!r} for {var.name}, code says {expected!r}"

@@ -1,0 +1,50 @@
+"""The routing table (OpenAPI, x-function) is the contract between the functions and the ingress."""
+
+from __future__ import annotations
+
+import pytest
+from werkzeug.test import EnvironBuilder
+
+from common import routing
+from tests.support import function_names, load_routes
+
+
+@pytest.mark.parametrize("function", function_names())
+def test_each_function_handles_exactly_its_slice_of_the_table(function: str) -> None:
+    routes = load_routes(function)
+    expected = {r.operation_id for r in routing.routes() if r.function == function or r.probe}
+    assert set(routes.handlers) == expected
+
+
+def test_every_function_in_the_table_has_a_main_py() -> None:
+    assert set(routing.functions()) <= set(function_names())
+
+
+def test_every_operation_names_a_function_and_ids_are_unique() -> None:
+    ids = [r.operation_id for r in routing.routes()]
+    assert len(ids) == len(set(ids))
+    assert all(r.function for r in routing.routes())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "function"),
+    [
+        ("POST", "/media", "upload"),
+        ("GET", "/media", "download"),
+        ("HEAD", "/media", "download"),
+        ("GET", "/media/0b5c7d1e-0000-4000-8000-000000000000", "download"),
+        ("DELETE", "/media/0b5c7d1e-0000-4000-8000-000000000000", "upload"),
+        ("GET", "/media/x/content", "download"),
+        ("HEAD", "/media/x/content", "download"),
+        ("GET", "/health/live", "health"),
+        ("GET", "/health/ready", "health"),
+    ],
+)
+def test_the_ingress_map_dispatches_like_the_issue_says(method: str, path: str, function: str) -> None:
+    env = EnvironBuilder(method=method, path=path).get_environ()
+    assert routing.ingress_map().bind_to_environ(env).match()[0] == function
+
+
+def test_rules_translate_openapi_templates() -> None:
+    route = next(r for r in routing.routes() if r.operation_id == "getMediaContent")
+    assert route.rule == "/media/<id>/content"
