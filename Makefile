@@ -45,7 +45,10 @@ test: install lint ## lint, then unit, integration (Testcontainers PostgreSQL) a
 unit: install ## unit tests only
 	$(PY) -m pytest tests/unit $(T)
 
+bench: install ## stream 100 MiB and 1 GiB up and down through the stack: throughput and peak RSS
+	$(PY) -m bench.transfer
+
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test unit clean
+.PHONY: help install run migrate token lint fmt test unit bench clean

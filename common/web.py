@@ -63,6 +63,7 @@ def problem_response(problem: Problem, request: Request) -> Response:
     response = Response(iter([body]), status=problem.status, content_type="application/problem+json")
     response.headers["Content-Length"] = str(len(body))
     response.headers.update(problem.headers())
+    response.headers["X-Request-ID"] = request_id_of(request)
     if _has_unread_body(request):
         response.headers["Connection"] = "close"
     return response

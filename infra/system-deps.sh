@@ -2,6 +2,7 @@
 # System libraries the Python packages need: libmagic (python-magic). Installed with apt-get
 # when missing and we are root; otherwise say what to install.
 set -euo pipefail
+PATH=$PATH:/sbin:/usr/sbin
 if ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1'; then exit 0; fi
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   echo "installing libmagic1 (python-magic needs it)" >&2

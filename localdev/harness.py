@@ -1,0 +1,180 @@
+"""Drive `make run`'s stack as a real process: used by the end-to-end tests and by `make bench`.
+
+`LocalStack` starts `python -m localdev` on a free loopback port, waits for readiness, reads the
+memory of its gunicorn processes from /proc, and stops it with SIGTERM. `multipart_stream`
+generates a large multipart body chunk by chunk, so neither side ever holds it whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM: the highest resident set size the process has had."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def rss_bytes(pid: int) -> int:
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(c) for c in text)
+    return found
+
+
+@dataclass
+class LocalStack:
+    data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "stack.log"
+
+    def start(self, timeout: float = 60) -> LocalStack:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
+        env.update(
+            {
+                "MEDIA_PORT": str(self.port),
+                "MEDIA_HOST": "127.0.0.1",
+                "MEDIA_DATA_DIR": str(self.data_dir),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localdev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the stack exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.base + "/health/ready", timeout=2) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the stack was not ready within {timeout} s:\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def server_pids(self) -> list[int]:
+        """The gunicorn master (our launcher) and its workers (not the embedded database)."""
+        assert self.proc is not None
+        pids = [self.proc.pid]
+        for child in children(self.proc.pid):
+            try:
+                exe = os.readlink(f"/proc/{child}/exe")
+            except OSError:
+                continue
+            if "python" in Path(exe).name:
+                pids.append(child)
+        return pids
+
+    def worker_pid(self) -> int:
+        workers = self.server_pids()[1:]
+        assert len(workers) == 1, f"expected one gunicorn worker, found {workers}"
+        return workers[0]
+
+    def temp_files(self) -> list[Path]:
+        tmp = self.data_dir / "cas" / "tmp"
+        return sorted(tmp.iterdir()) if tmp.exists() else []
+
+
+BOUNDARY = "media-harness-boundary-c0ffee"
+PNG_HEAD = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00\x01\x00\x08\x02\x00\x00\x00\xd3\x10?1"
+)
+
+
+class GeneratedFile:
+    """`size` bytes that libmagic reads as PNG (a PNG header, then pseudo-random blocks)."""
+
+    def __init__(self, size: int, block: int = MiB) -> None:
+        self.size = size
+        self._block = (PNG_HEAD + os.urandom(block))[:block]
+        self._tail_block = os.urandom(block)
+        self.sha256 = ""
+
+    def chunks(self) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+        sent = 0
+        first = True
+        while sent < self.size:
+            block = self._block if first else self._tail_block
+            first = False
+            piece = block[: self.size - sent]
+            digest.update(piece)
+            sent += len(piece)
+            yield piece
+        self.sha256 = digest.hexdigest()
+
+
+def multipart_stream(file: GeneratedFile, filename: str = "big.png") -> Iterator[bytes]:
+    yield (
+        f"--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    yield from file.chunks()
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+MULTIPART_CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
