@@ -48,11 +48,11 @@ def build_services(config: Config, *, background: bool = True) -> Services:
     return Services(config=config, store=store, repo=repo, verifier=verifier)
 
 
-def start_temp_sweeper(store: BlobStore, config: Config) -> threading.Thread:
+def start_temp_sweeper(store: BlobStore, config: Config) -> threading.Event:
     """Remove abandoned temp files at start-up and then every `temp_sweep_interval_seconds`.
 
     Only files untouched for `temp_max_age_seconds` go: uploads in flight in other processes
-    sharing the volume keep touching theirs.
+    sharing the volume keep touching theirs. Setting the returned event stops the thread.
     """
     stop = threading.Event()
 
@@ -69,7 +69,7 @@ def start_temp_sweeper(store: BlobStore, config: Config) -> threading.Thread:
 
     thread = threading.Thread(target=loop, name="media-temp-sweeper", daemon=True)
     thread.start()
-    return thread
+    return stop
 
 
 class ServiceProvider:

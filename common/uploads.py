@@ -16,7 +16,7 @@ from typing import IO
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData, State
 
 from common.cas import SNIFF_BYTES, BlobWriter
 from common.problems import MalformedUpload, UnsupportedMediaType
@@ -106,7 +106,8 @@ def receive_multipart(
             if not chunk:
                 raise MalformedUpload("the body ended before the closing multipart boundary") from None
             raise MalformedUpload(f"the multipart body is malformed: {exc}") from None
-        if isinstance(event, Epilogue):
+        # Past the closing boundary: the epilogue is ignored (RFC 2046 §5.1.1) and not even read.
+        if isinstance(event, Epilogue) or decoder.state is State.EPILOGUE:
             break
         if not chunk:
             raise MalformedUpload("the body ended before the closing multipart boundary")

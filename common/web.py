@@ -74,7 +74,12 @@ def _has_unread_body(request: Request) -> bool:
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(data), status=status, content_type="application/json")
+    """Streamed for the same reason as `problem_response`: after a successful upload, whatever a
+    client sends past the closing multipart boundary must not be read into memory by the
+    framework's after-request hook."""
+    body = json.dumps(data).encode()
+    response = Response(iter([body]), status=status, content_type="application/json")
+    response.headers["Content-Length"] = str(len(body))
     response.headers.update(headers or {})
     return response
 

@@ -23,7 +23,7 @@ from localdev.harness import (
     peak_rss_bytes,
 )
 from tests.e2e.conftest import SMALL_LIMIT
-from tests.factories import TEST_SECRET, bearer, elf, png, token
+from tests.factories import TEST_SECRET, bearer, elf, png, token, upload_body
 
 MiB = 1024 * 1024
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -158,6 +158,19 @@ def test_an_early_rejection_of_a_1_gib_upload_reads_almost_none_of_it(stack: Loc
     assert peak_rss_bytes(worker) - peak_before < 16 * MiB
     assert stack.temp_files() == []
     assert requests.get(stack.base + "/health/live", timeout=10).status_code == 200  # still serving
+
+
+def test_bytes_after_the_closing_boundary_are_not_read(stack: LocalStack) -> None:
+    data = png()
+    body, ctype = upload_body(data)
+    head = (
+        f"POST /media HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\nAuthorization: Bearer {token()}\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {len(body) + 1024 * MiB}\r\n\r\n"
+    ).encode()
+    response, sent = send_until_answered(stack.port, head, gib_body(body))
+    assert response.startswith(b"HTTP/1.1 201"), response[:300]
+    assert hashlib.sha256(data).hexdigest().encode() in response
+    assert sent < 128 * MiB, f"the server took {sent // MiB} MiB of epilogue"
 
 
 def test_a_chunked_upload_over_the_limit_is_413_with_no_temp_file(stack: LocalStack) -> None:
