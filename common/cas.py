@@ -34,7 +34,14 @@ T = TypeVar("T")
 
 SNIFF_BYTES = 64 * 1024
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_LABEL = re.compile(r"^[a-z0-9-]{1,64}$")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _check_label(label: str) -> str:
+    if not _LABEL.match(label):
+        raise ValueError(f"not a temp file label: {label!r}")
+    return label
 
 
 def check_digest(sha256: str) -> str:
@@ -62,7 +69,11 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
-    def writer(self, max_bytes: int) -> AbstractContextManager[BlobWriter]: ...
+    def writer(self, max_bytes: int, label: str = "upload") -> AbstractContextManager[BlobWriter]:
+        """A writer into a temp file named after `label` (so its owner can find it later)."""
+
+    def remove_temp(self, label: str) -> int:
+        """Remove the temp files of `label` (a pending upload given up by the cleanup)."""
 
     def commit(self, writer: BlobWriter) -> None: ...
 
@@ -151,9 +162,9 @@ class LocalBlobStore:
         return self.blobs / sha256[:2] / sha256[2:4] / sha256
 
     @contextmanager
-    def writer(self, max_bytes: int) -> Iterator[BlobWriter]:
+    def writer(self, max_bytes: int, label: str = "upload") -> Iterator[BlobWriter]:
         """A temp file on the volume; removed on the way out unless `commit` moved it."""
-        w = LocalBlobWriter(self.tmp / f"upload-{uuid.uuid4().hex}.part", max_bytes)
+        w = LocalBlobWriter(self.tmp / f"{_check_label(label)}--{uuid.uuid4().hex}.part", max_bytes)
         try:
             yield w
         finally:
@@ -200,6 +211,13 @@ class LocalBlobStore:
                     removed += 1
             except FileNotFoundError:
                 continue  # finished or swept by another process meanwhile
+        return removed
+
+    def remove_temp(self, label: str) -> int:
+        removed = 0
+        for path in self.tmp.glob(f"{_check_label(label)}--*.part"):
+            path.unlink(missing_ok=True)
+            removed += 1
         return removed
 
     def check_writable(self) -> None:
@@ -266,7 +284,7 @@ class InMemoryBlobStore:
         self._lock = threading.Lock()
 
     @contextmanager
-    def writer(self, max_bytes: int) -> Iterator[BlobWriter]:
+    def writer(self, max_bytes: int, label: str = "upload") -> Iterator[BlobWriter]:
         self.open_writers += 1
         try:
             yield MemoryBlobWriter(max_bytes)
@@ -293,6 +311,9 @@ class InMemoryBlobStore:
             self.blobs.pop(check_digest(sha256), None)
 
     def sweep_temp(self, max_age_seconds: float) -> int:
+        return 0
+
+    def remove_temp(self, label: str) -> int:
         return 0
 
     def check_writable(self) -> None:

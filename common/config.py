@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MiB = 1024 * 1024
 
@@ -62,6 +63,27 @@ VARIABLES: tuple[Variable, ...] = (
         ",".join(DEFAULT_ALLOWED_TYPES),
         "Comma-separated MIME types accepted, as detected from the content's magic bytes",
     ),
+    Variable(
+        "MEDIA_PUBLIC_BASE_URL",
+        None,
+        "Absolute base of the URLs the API hands out; unset: `http://localhost:$MEDIA_PORT`",
+    ),
+    Variable(
+        "MEDIA_PRESIGN_SECRET",
+        None,
+        "HMAC key of presigned upload URLs and signed download links; unset: `make run` generates one",
+    ),
+    Variable(
+        "MEDIA_PRESIGN_PREVIOUS_SECRET", None, "The previous key, still accepted while clients move over"
+    ),
+    Variable("MEDIA_PRESIGN_TTL_SECONDS", "900", "How long a presigned upload URL is valid"),
+    Variable("MEDIA_DOWNLOAD_URL_TTL_SECONDS", "300", "How long a signed download link is valid"),
+    Variable(
+        "MEDIA_PENDING_GRACE_SECONDS",
+        "3600",
+        "Pending uploads are removed this long after their URL expired (covers slow uploads in flight)",
+    ),
+    Variable("MEDIA_CORS_ORIGINS", None, "Comma-separated exact origins allowed by CORS; unset: no CORS"),
     Variable("MEDIA_DB_POOL_MAX", "8", "Connections per process in the PostgreSQL pool"),
     Variable("MEDIA_DB_TIMEOUT_SECONDS", "2", "Wait for a connection / readiness query before 503"),
     Variable("MEDIA_TEMP_MAX_AGE_SECONDS", "3600", "Temp files untouched this long are swept as abandoned"),
@@ -111,6 +133,24 @@ def _types(raw: str | None) -> frozenset[str]:
     return types
 
 
+def _base_url(raw: str) -> str:
+    parsed = urlsplit(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+        raise ConfigError(f"MEDIA_PUBLIC_BASE_URL must be an absolute http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _origins(raw: str | None) -> frozenset[str]:
+    origins = frozenset(o.strip().rstrip("/") for o in (raw or "").split(",") if o.strip())
+    for origin in origins:
+        parsed = urlsplit(origin)
+        if origin == "*" or parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path:
+            raise ConfigError(
+                f"MEDIA_CORS_ORIGINS takes exact origins like https://app.example, got {origin!r}"
+            )
+    return origins
+
+
 @dataclass(frozen=True)
 class Config:
     port: int
@@ -123,6 +163,13 @@ class Config:
     jwt_leeway_seconds: int
     max_upload_bytes: int
     allowed_types: frozenset[str]
+    public_base_url: str
+    presign_secret: str | None
+    presign_previous_secret: str | None
+    presign_ttl_seconds: int
+    download_url_ttl_seconds: int
+    pending_grace_seconds: int
+    cors_origins: frozenset[str]
     db_pool_max: int
     db_timeout_seconds: float
     temp_max_age_seconds: int
@@ -136,8 +183,9 @@ class Config:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
         data_dir = Path(_get(env, "MEDIA_DATA_DIR") or "./var").expanduser().absolute()
+        port = _int(env, "MEDIA_PORT", minimum=1)
         return cls(
-            port=_int(env, "MEDIA_PORT", minimum=1),
+            port=port,
             host=_get(env, "MEDIA_HOST") or "127.0.0.1",
             data_dir=data_dir,
             database_url=_get(env, "MEDIA_DATABASE_URL"),
@@ -147,6 +195,13 @@ class Config:
             jwt_leeway_seconds=_int(env, "MEDIA_JWT_LEEWAY_SECONDS"),
             max_upload_bytes=_int(env, "MEDIA_MAX_UPLOAD_BYTES", minimum=1),
             allowed_types=_types(_get(env, "MEDIA_ALLOWED_TYPES")),
+            public_base_url=_base_url(_get(env, "MEDIA_PUBLIC_BASE_URL") or f"http://localhost:{port}"),
+            presign_secret=_get(env, "MEDIA_PRESIGN_SECRET"),
+            presign_previous_secret=_get(env, "MEDIA_PRESIGN_PREVIOUS_SECRET"),
+            presign_ttl_seconds=_int(env, "MEDIA_PRESIGN_TTL_SECONDS", minimum=1),
+            download_url_ttl_seconds=_int(env, "MEDIA_DOWNLOAD_URL_TTL_SECONDS", minimum=1),
+            pending_grace_seconds=_int(env, "MEDIA_PENDING_GRACE_SECONDS"),
+            cors_origins=_origins(_get(env, "MEDIA_CORS_ORIGINS")),
             db_pool_max=_int(env, "MEDIA_DB_POOL_MAX", minimum=1),
             db_timeout_seconds=_float(env, "MEDIA_DB_TIMEOUT_SECONDS"),
             temp_max_age_seconds=_int(env, "MEDIA_TEMP_MAX_AGE_SECONDS"),
@@ -158,6 +213,11 @@ class Config:
         if not self.database_url:
             raise ConfigError("MEDIA_DATABASE_URL is not set (only `make run` starts an embedded PostgreSQL)")
         return self.database_url
+
+    def require_presign_secret(self) -> str:
+        if not self.presign_secret:
+            raise ConfigError("MEDIA_PRESIGN_SECRET is not set")
+        return self.presign_secret
 
     def require_jwt_secret(self) -> str:
         if not self.jwt_secret:

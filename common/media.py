@@ -1,10 +1,17 @@
-"""The use cases: upload, read, list, delete. HTTP-free; handlers call these with a `Services`.
+"""The use cases: upload (direct or presigned), read, list, delete. HTTP-free; handlers call
+these with a `Services`.
+
+Both upload flows share one path: the body streams into a CAS writer (size limit, SHA-256 and the
+sniff prefix in one pass), the type is checked on the first 64 KiB, and `commit_blob` moves the
+bytes to their address and writes the record in one step (`presigned.py` holds the PUT flow).
+Only the record write differs: a direct upload inserts a `ready` record, a presigned PUT turns
+its `pending` record `ready`.
 
 Consistency between the CAS and the table rests on one rule: a blob's address is created or
 removed only inside `repository.digest_scope(sha256)`, a lock held across processes.
 - Upload: the bytes are streamed to a temp file first (no lock held while the client sends);
   then, under the lock, the temp file is renamed to its address (or dropped if the address
-  exists: dedup) and the record is inserted. If the insert fails, the blob is removed again
+  exists: dedup) and the record is written. If that fails, the blob is removed again
   unless another record references it.
 - Delete: under the same lock, the record is deleted and, when no record references the digest
   any more, the blob is unlinked.
@@ -20,16 +27,21 @@ import binascii
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any, BinaryIO
 
 from common.cas import BlobWriter
 from common.conditional import Decision, HeaderLookup, Representation, evaluate
-from common.problems import BadRequest, NotFound
-from common.repository import STATUSES, ListQuery, MediaRecord, NewMedia
+from common.problems import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+)
+from common.repository import STATUSES, DigestScope, ListQuery, MediaRecord, NewMedia
 from common.services import Services
+from common.signing import check_download, sign_download
 from common.sniff import require_allowed
 from common.tokens import READ, WRITE, Principal, require_scope
 from common.uploads import receive_multipart
@@ -61,20 +73,23 @@ def upload_multipart(
             size=staged.size,
             sha256=staged.sha256,
         )
-        return _commit(services, writer, new)
+        return commit_blob(services, writer, staged.sha256, lambda scope: scope.insert(new))
 
 
-def _commit(services: Services, writer: BlobWriter, new: NewMedia) -> MediaRecord:
-    with services.repo.digest_scope(new.sha256) as scope:
+def commit_blob(
+    services: Services, writer: BlobWriter, sha256: str, write: Callable[[DigestScope], MediaRecord]
+) -> MediaRecord:
+    """Move the finished temp file to its address and write the record, under the digest's lock."""
+    with services.repo.digest_scope(sha256) as scope:
         services.store.commit(writer)
         try:
-            return scope.insert(new)
+            return write(scope)
         except BaseException:
             try:
-                if scope.references(new.sha256) == 0:
-                    services.store.delete(new.sha256)
+                if scope.references(sha256) == 0:
+                    services.store.delete(sha256)
             except Exception:
-                log.warning("could not remove unreferenced blob %s; it is harmless", new.sha256)
+                log.warning("could not remove unreferenced blob %s; it is harmless", sha256)
             raise
 
 
@@ -155,7 +170,7 @@ def list_media(services: Services, principal: Principal, args: Mapping[str, str]
         content_type_prefix=args.get("content_type") or None,
         status=status,
     )
-    rows = services.repo.list(query)
+    rows = services.repo.list_media(query)
     items = rows[:limit]
     return Page(items=items, next_cursor=encode_cursor(items[-1]) if len(rows) > limit else None)
 
@@ -172,9 +187,27 @@ def read_content(
     services: Services, principal: Principal, media_id: str, method: str, headers: HeaderLookup
 ) -> Content:
     require_scope(principal, READ)
-    record = _visible(services, principal, media_id)
+    return _content(services, _visible(services, principal, media_id), method, headers)
+
+
+def read_signed_content(
+    services: Services, media_id: str, expires: str, sig: str, method: str, headers: HeaderLookup
+) -> Content:
+    """Through a signed download link (`<img src>` cannot send a bearer token): no token needed."""
+    try:
+        key = uuid.UUID(media_id)
+    except ValueError:
+        raise Forbidden("This download link is not valid") from None
+    check_download(services.keys, key, expires, sig, services.clock())
+    record = services.repo.get(key)
+    if record is None:
+        raise NotFound("No such media")
+    return _content(services, record, method, headers)
+
+
+def _content(services: Services, record: MediaRecord, method: str, headers: HeaderLookup) -> Content:
     if record.status != "ready" or record.sha256 is None:
-        raise NotFound("The content of this media is not available (yet)")
+        raise NotFound(f"The content of this media is not available (status: {record.status})")
     rep = Representation(etag=record.sha256, last_modified=record.created_at, size=record.size)
     decision = evaluate(method, headers, rep)
     file = None
@@ -184,9 +217,16 @@ def read_content(
     return Content(record, rep, decision, file)
 
 
-def to_json(record: MediaRecord) -> dict[str, Any]:
-    self_link = f"/media/{record.id}"
-    content_link = f"{self_link}/content"
+def content_link(services: Services, media_id: uuid.UUID) -> str:
+    """An absolute content URL signed for `download_url_ttl_seconds`, usable without a token."""
+    expires = int(services.clock()) + services.config.download_url_ttl_seconds
+    sig = sign_download(services.keys, media_id, expires)
+    return f"{services.config.public_base_url}/media/{media_id}/content?expires={expires}&sig={sig}"
+
+
+def to_json(services: Services, record: MediaRecord) -> dict[str, Any]:
+    self_link = f"{services.config.public_base_url}/media/{record.id}"
+    content = content_link(services, record.id)
     return {
         "id": str(record.id),
         "filename": record.filename,
@@ -194,9 +234,10 @@ def to_json(record: MediaRecord) -> dict[str, Any]:
         "size": record.size,
         "sha256": record.sha256,
         "status": record.status,
+        "failure_reason": record.failure_reason,
         "created_at": record.created_at.isoformat(),
         "updated_at": record.updated_at.isoformat(),
         "owner": record.owner,
-        "url": content_link,
-        "links": {"self": self_link, "content": content_link},
+        "url": content,
+        "links": {"self": self_link, "content": content},
     }

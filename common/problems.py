@@ -83,6 +83,18 @@ class MethodNotAllowed(Problem):
         return {"Allow": ", ".join(self.allowed)}
 
 
+class Conflict(Problem):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class Gone(Problem):
+    status, slug, title = 410, "gone", "Gone"
+
+
+class LengthRequired(Problem):
+    status, slug, title = 411, "length-required", "Length required"
+
+
 class PreconditionFailed(Problem):
     status, slug, title = 412, "precondition-failed", "Precondition failed"
 
@@ -93,6 +105,10 @@ class PayloadTooLarge(Problem):
 
 class UnsupportedMediaType(Problem):
     status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class UnprocessableContent(Problem):
+    status, slug, title = 422, "unprocessable-content", "Unprocessable content"
 
 
 class RangeNotSatisfiable(Problem):
@@ -144,6 +160,14 @@ class BlobMissing(MediaError):
     """A record points at bytes the store does not have (never expected; logged loudly)."""
 
 
+class UploadMismatch(MediaError):
+    """The bytes of a presigned upload contradict what was signed (size, type or digest)."""
+
+    def __init__(self, reason: str, *, unsupported_type: bool = False) -> None:
+        super().__init__(reason)
+        self.unsupported_type = unsupported_type
+
+
 class StorageFull(MediaError):
     """The storage volume ran out of space (ENOSPC / EDQUOT)."""
 
@@ -160,6 +184,8 @@ def to_problem(exc: BaseException) -> Problem:
         return PayloadTooLarge(str(exc), limit=exc.limit)
     if isinstance(exc, TypeNotAllowed):
         return UnsupportedMediaType(str(exc), detected_type=exc.detected)
+    if isinstance(exc, UploadMismatch):
+        return UnsupportedMediaType(str(exc)) if exc.unsupported_type else BadRequest(str(exc))
     if isinstance(exc, MalformedUpload):
         return BadRequest(str(exc))
     if isinstance(exc, StorageFull):

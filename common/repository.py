@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import psycopg
@@ -40,6 +40,18 @@ class MediaRecord:
     status: str
     created_at: datetime
     updated_at: datetime
+    expires_at: datetime | None = None  # pending uploads: when the upload URL expires
+    failure_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NewPending:
+    owner: str
+    filename: str
+    content_type: str
+    size: int
+    declared_sha256: str | None
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,9 @@ class ListQuery:
 class DigestScope(Protocol):
     def insert(self, new: NewMedia) -> MediaRecord: ...
 
+    def complete(self, media_id: uuid.UUID, sha256: str, size: int) -> MediaRecord | None:
+        """pending -> ready; None when the record is no longer pending (cleaned up, or finished)."""
+
     def delete(self, media_id: uuid.UUID) -> MediaRecord | None: ...
 
     def references(self, sha256: str) -> int: ...
@@ -72,9 +87,21 @@ class DigestScope(Protocol):
 class MediaRepository(Protocol):
     def get(self, media_id: uuid.UUID) -> MediaRecord | None: ...
 
-    def list(self, query: ListQuery) -> list[MediaRecord]: ...
+    def list_media(self, query: ListQuery) -> list[MediaRecord]: ...
 
     def digest_scope(self, sha256: str) -> AbstractContextManager[DigestScope]: ...
+
+    def create_pending(self, new: NewPending) -> MediaRecord: ...
+
+    def claim(self, media_id: uuid.UUID) -> MediaRecord | None:
+        """Mark a pending upload as in progress; None when it is not pending or already claimed."""
+
+    def release(self, media_id: uuid.UUID) -> None:
+        """Give up a claim, so that the upload can be retried with the same URL."""
+
+    def fail(self, media_id: uuid.UUID, reason: str) -> None: ...
+
+    def remove_expired_pending(self, grace_seconds: int, limit: int = 100) -> list[MediaRecord]: ...
 
     def ping(self) -> None: ...
 
@@ -86,7 +113,10 @@ def _lock_key(sha256: str) -> int:
     return int(sha256[:16], 16) - (1 << 63)
 
 
-_COLUMNS = "id, owner, filename, content_type, size, sha256, status, created_at, updated_at"
+_COLUMNS = (
+    "id, owner, filename, content_type, size, sha256, status,"
+    " created_at, updated_at, expires_at, failure_reason"
+)
 
 
 def _record(row: dict[str, Any]) -> MediaRecord:
@@ -114,6 +144,15 @@ class _PgDigestScope:
             ).fetchone()
         assert row is not None
         return _record(row)
+
+    def complete(self, media_id: uuid.UUID, sha256: str, size: int) -> MediaRecord | None:
+        with _unavailable_on_failure(), self._conn.transaction():
+            row = self._conn.execute(
+                "UPDATE media SET status = 'ready', sha256 = %s, size = %s, claimed_at = NULL,"  # noqa: S608
+                f" updated_at = clock_timestamp() WHERE id = %s AND status = 'pending' RETURNING {_COLUMNS}",
+                (sha256, size, media_id),
+            ).fetchone()
+        return _record(row) if row else None
 
     def delete(self, media_id: uuid.UUID) -> MediaRecord | None:
         with _unavailable_on_failure(), self._conn.transaction():
@@ -175,7 +214,7 @@ class PgMediaRepository:
             ).fetchone()
         return _record(row) if row else None
 
-    def list(self, query: ListQuery) -> list[MediaRecord]:
+    def list_media(self, query: ListQuery) -> list[MediaRecord]:
         where: list[str] = []
         params: list[Any] = []
         if query.owner is not None:
@@ -210,6 +249,58 @@ class PgMediaRepository:
                 if not conn.closed and not conn.broken:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sha256),))
 
+    def create_pending(self, new: NewPending) -> MediaRecord:
+        with self._conn() as conn:
+            row = conn.execute(
+                "INSERT INTO media"  # noqa: S608 - only the fixed column list is interpolated
+                " (id, owner, filename, content_type, size, status, expires_at, declared_sha256)"
+                f" VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s) RETURNING {_COLUMNS}",
+                (
+                    uuid.uuid4(),
+                    new.owner,
+                    new.filename,
+                    new.content_type,
+                    new.size,
+                    new.expires_at,
+                    new.declared_sha256,
+                ),
+            ).fetchone()
+        assert row is not None
+        return _record(row)
+
+    def claim(self, media_id: uuid.UUID) -> MediaRecord | None:
+        with self._conn() as conn:
+            row = conn.execute(
+                "UPDATE media SET claimed_at = clock_timestamp()"  # noqa: S608
+                f" WHERE id = %s AND status = 'pending' AND claimed_at IS NULL RETURNING {_COLUMNS}",
+                (media_id,),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def release(self, media_id: uuid.UUID) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "UPDATE media SET claimed_at = NULL WHERE id = %s AND status = 'pending'", (media_id,)
+            )
+
+    def fail(self, media_id: uuid.UUID, reason: str) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "UPDATE media SET status = 'failed', failure_reason = %s, claimed_at = NULL,"
+                " updated_at = clock_timestamp() WHERE id = %s AND status = 'pending'",
+                (reason[:500], media_id),
+            )
+
+    def remove_expired_pending(self, grace_seconds: int, limit: int = 100) -> list[MediaRecord]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"DELETE FROM media WHERE id IN (SELECT id FROM media WHERE status = 'pending'"  # noqa: S608
+                " AND expires_at < clock_timestamp() - make_interval(secs => %s)"
+                f" LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
+                (grace_seconds, limit),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
     def ping(self) -> None:
         with self._conn() as conn:
             conn.execute("SELECT 1")
@@ -225,6 +316,8 @@ class InMemoryMediaRepository:
         self.rows: dict[uuid.UUID, MediaRecord] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self.claims: set[uuid.UUID] = set()
+        self.declared: dict[uuid.UUID, str | None] = {}
         self.available = True
 
     def _check(self) -> None:
@@ -235,7 +328,7 @@ class InMemoryMediaRepository:
         self._check()
         return self.rows.get(media_id)
 
-    def list(self, query: ListQuery) -> list[MediaRecord]:
+    def list_media(self, query: ListQuery) -> list[MediaRecord]:
         self._check()
         rows = [
             r
@@ -256,6 +349,58 @@ class InMemoryMediaRepository:
         with lock:
             yield _MemoryDigestScope(self)
 
+    def create_pending(self, new: NewPending) -> MediaRecord:
+        self._check()
+        now = datetime.now(UTC)
+        record = MediaRecord(
+            id=uuid.uuid4(),
+            owner=new.owner,
+            filename=new.filename,
+            content_type=new.content_type,
+            size=new.size,
+            sha256=None,
+            status="pending",
+            created_at=now,
+            updated_at=now,
+            expires_at=new.expires_at,
+        )
+        with self._guard:
+            self.rows[record.id] = record
+            self.declared[record.id] = new.declared_sha256
+        return record
+
+    def claim(self, media_id: uuid.UUID) -> MediaRecord | None:
+        self._check()
+        with self._guard:
+            record = self.rows.get(media_id)
+            if record is None or record.status != "pending" or media_id in self.claims:
+                return None
+            self.claims.add(media_id)
+            return record
+
+    def release(self, media_id: uuid.UUID) -> None:
+        with self._guard:
+            self.claims.discard(media_id)
+
+    def fail(self, media_id: uuid.UUID, reason: str) -> None:
+        with self._guard:
+            record = self.rows.get(media_id)
+            if record is not None and record.status == "pending":
+                self.rows[media_id] = replace(record, status="failed", failure_reason=reason)
+            self.claims.discard(media_id)
+
+    def remove_expired_pending(self, grace_seconds: int, limit: int = 100) -> list[MediaRecord]:
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+        with self._guard:
+            gone = [
+                r
+                for r in self.rows.values()
+                if r.status == "pending" and r.expires_at and r.expires_at < cutoff
+            ][:limit]
+            for r in gone:
+                del self.rows[r.id]
+        return gone
+
     def ping(self) -> None:
         self._check()
 
@@ -274,6 +419,17 @@ class _MemoryDigestScope:
         with self._repo._guard:
             self._repo.rows[record.id] = record
         return replace(record)
+
+    def complete(self, media_id: uuid.UUID, sha256: str, size: int) -> MediaRecord | None:
+        self._repo._check()
+        with self._repo._guard:
+            record = self._repo.rows.get(media_id)
+            if record is None or record.status != "pending":
+                return None
+            done = replace(record, status="ready", sha256=sha256, size=size, updated_at=datetime.now(UTC))
+            self._repo.rows[media_id] = done
+            self._repo.claims.discard(media_id)
+            return done
 
     def delete(self, media_id: uuid.UUID) -> MediaRecord | None:
         self._repo._check()

@@ -27,6 +27,7 @@ class Route:
     path: str  # OpenAPI template, e.g. /media/{id}
     operation_id: str
     probe: bool = False  # also answered by every function for its own Kubernetes probes
+    cors_allow_headers: tuple[str, ...] = ()  # OPTIONS: request headers the preflight allows
 
     @property
     def rule(self) -> str:
@@ -56,6 +57,7 @@ def routes() -> tuple[Route, ...]:
                     path=path,
                     operation_id=op["operationId"],
                     probe=bool(op.get("x-probe", False)),
+                    cors_allow_headers=tuple(op.get("x-cors-allow-headers", ())),
                 )
             )
     return tuple(table)
@@ -68,6 +70,14 @@ def functions() -> tuple[str, ...]:
 def routes_served_by(function: str) -> tuple[Route, ...]:
     """What a function's process answers: its own routes plus the probe routes."""
     return tuple(r for r in routes() if r.function == function or r.probe)
+
+
+def methods_of(path: str) -> tuple[str, ...]:
+    """Every method the service answers on `path`, whichever function serves it."""
+    found = {r.method for r in routes() if r.path == path}
+    if "GET" in found:
+        found.add("HEAD")
+    return tuple(sorted(found))
 
 
 def url_map(table: tuple[Route, ...]) -> Map:

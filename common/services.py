@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.cas import BlobStore, LocalBlobStore
 from common.config import Config
 from common.repository import MediaRepository, PgMediaRepository
+from common.signing import KeyRing
 from common.tokens import HS256Verifier, TokenVerifier
 
 log = logging.getLogger("media.services")
@@ -28,6 +31,8 @@ class Services:
     store: BlobStore
     repo: MediaRepository
     verifier: TokenVerifier
+    keys: KeyRing  # signs presigned upload URLs and download links
+    clock: Callable[[], float] = time.time
 
 
 def build_services(config: Config, *, background: bool = True) -> Services:
@@ -43,31 +48,52 @@ def build_services(config: Config, *, background: bool = True) -> Services:
         audience=config.jwt_audience,
         leeway_seconds=config.jwt_leeway_seconds,
     )
+    keys = KeyRing(config.require_presign_secret(), config.presign_previous_secret)
+    services = Services(config=config, store=store, repo=repo, verifier=verifier, keys=keys)
     if background:
-        start_temp_sweeper(store, config)
-    return Services(config=config, store=store, repo=repo, verifier=verifier)
+        start_maintenance(services)
+    return services
 
 
-def start_temp_sweeper(store: BlobStore, config: Config) -> threading.Event:
-    """Remove abandoned temp files at start-up and then every `temp_sweep_interval_seconds`.
+def maintain(services: Services) -> None:
+    """One round of housekeeping; safe to run from every process at once.
 
-    Only files untouched for `temp_max_age_seconds` go: uploads in flight in other processes
-    sharing the volume keep touching theirs. Setting the returned event stops the thread.
+    - temp files untouched for `temp_max_age_seconds` are abandoned (uploads in flight in other
+      processes sharing the volume keep touching theirs);
+    - pending uploads whose URL expired more than `pending_grace_seconds` ago are removed, with
+      the temp file of an upload that died on the way.
+    """
+    config = services.config
+    removed = services.store.sweep_temp(config.temp_max_age_seconds)
+    if removed:
+        log.info("swept %d abandoned temp file(s)", removed)
+    for record in services.repo.remove_expired_pending(config.pending_grace_seconds):
+        services.store.remove_temp(upload_label(record.id))
+        log.info("removed expired pending upload %s", record.id)
+
+
+def upload_label(media_id: uuid.UUID) -> str:
+    """The temp-file label of a presigned upload, so the cleanup can find what it left behind."""
+    return f"put-{media_id}"
+
+
+def start_maintenance(services: Services) -> threading.Event:
+    """Run `maintain` at start-up and then every `temp_sweep_interval_seconds`, in a daemon thread.
+
+    Setting the returned event stops it.
     """
     stop = threading.Event()
 
     def loop() -> None:
         while True:
             try:
-                removed = store.sweep_temp(config.temp_max_age_seconds)
-                if removed:
-                    log.info("swept %d abandoned temp file(s)", removed)
-            except OSError:
-                log.exception("temp sweep failed; will retry")
-            if stop.wait(config.temp_sweep_interval_seconds):
+                maintain(services)
+            except Exception:  # the database may be away; next round
+                log.exception("maintenance failed; will retry")
+            if stop.wait(services.config.temp_sweep_interval_seconds):
                 return
 
-    thread = threading.Thread(target=loop, name="media-temp-sweeper", daemon=True)
+    thread = threading.Thread(target=loop, name="media-maintenance", daemon=True)
     thread.start()
     return stop
 

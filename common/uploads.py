@@ -1,10 +1,12 @@
-"""Streaming intake of a multipart/form-data upload into a CAS writer.
+"""Streaming intake of an upload body into a CAS writer: multipart/form-data (direct upload) or
+a raw body (presigned PUT).
 
-The body is read in fixed chunks from the WSGI input stream and fed through Werkzeug's sans-IO
-multipart decoder; the bytes of the `file` part go straight into the writer (which hashes,
+The body is read in fixed chunks from the WSGI input stream. Multipart goes through Werkzeug's
+sans-IO decoder and the bytes of the `file` part go straight into the writer (which hashes,
 counts and keeps the sniff prefix), so they are copied once and never held in memory or spooled
 to TMPDIR the way `request.files` would. `request.form`/`request.files`/`request.data` are never
-touched on this path.
+touched on this path. Both intakes call `on_prefix` once, as soon as the first `SNIFF_BYTES` are
+in (or at the end of a shorter body), so a wrong type is rejected before the rest is read.
 """
 
 from __future__ import annotations
@@ -40,6 +42,38 @@ def safe_filename(raw: str | None) -> str:
     return name or "upload"
 
 
+class _Sniffer:
+    def __init__(self, writer: BlobWriter, on_prefix: Callable[[bytes], None]) -> None:
+        self._writer = writer
+        self._on_prefix = on_prefix
+        self.done = False
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        if not self.done and self._writer.size >= SNIFF_BYTES:
+            self.finish()
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self._on_prefix(self._writer.prefix)
+
+
+def _read(stream: IO[bytes]) -> bytes:
+    try:
+        return stream.read(CHUNK_BYTES)
+    except ClientDisconnected:
+        raise MalformedUpload("the client disconnected before the body was complete") from None
+
+
+def receive_body(stream: IO[bytes], writer: BlobWriter, on_prefix: Callable[[bytes], None]) -> None:
+    """Stream a raw body (a presigned PUT) into `writer` until the end of the input."""
+    sniffer = _Sniffer(writer, on_prefix)
+    while chunk := _read(stream):
+        sniffer.write(chunk)
+    sniffer.finish()
+
+
 def boundary_of(content_type: str | None) -> bytes:
     mimetype, options = parse_options_header(content_type or "")
     if mimetype != "multipart/form-data":
@@ -70,14 +104,11 @@ def receive_multipart(
     )
     filename: str | None = None
     in_file = False
-    sniffed = False
+    sniffer = _Sniffer(writer, on_prefix)
     other_bytes = 0
 
     while True:
-        try:
-            chunk = stream.read(CHUNK_BYTES)
-        except ClientDisconnected:
-            raise MalformedUpload("the client disconnected before the body was complete") from None
+        chunk = _read(stream)
         try:
             decoder.receive_data(chunk or None)
             event = decoder.next_event()
@@ -93,10 +124,7 @@ def receive_multipart(
                     in_file = False
                 elif isinstance(event, Data):
                     if in_file:
-                        writer.write(event.data)
-                        if not sniffed and writer.size >= SNIFF_BYTES:
-                            sniffed = True
-                            on_prefix(writer.prefix)
+                        sniffer.write(event.data)
                     else:
                         other_bytes += len(event.data)
                         if other_bytes > MAX_OTHER_FIELD_BYTES:
@@ -114,6 +142,5 @@ def receive_multipart(
 
     if filename is None:
         raise MalformedUpload(f"the form has no `{FILE_FIELD}` part")
-    if not sniffed:
-        on_prefix(writer.prefix)
+    sniffer.finish()
     return filename

@@ -24,9 +24,18 @@ from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from common import logs, routing
+from common import cors, logs, routing
 from common.media import Content
-from common.problems import BadRequest, MethodNotAllowed, NotFound, Problem, to_problem
+from common.problems import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    UnprocessableContent,
+    UnsupportedMediaType,
+    to_problem,
+)
 from common.services import Services
 from common.tokens import Principal, bearer_token
 
@@ -82,6 +91,24 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     response.headers["Content-Length"] = str(len(body))
     response.headers.update(headers or {})
     return response
+
+
+JSON_BODY_LIMIT = 16 * 1024
+
+
+def read_json(request: Request, limit: int = JSON_BODY_LIMIT) -> Any:
+    """A small JSON request body, read with a bound (never `request.get_json()` on untrusted sizes)."""
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send Content-Type: application/json")
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The JSON body is limited to {limit} bytes", limit=limit)
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The JSON body is limited to {limit} bytes", limit=limit)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UnprocessableContent("The body is not valid JSON") from None
 
 
 def authenticate(request: Request, services: Services) -> Principal:
@@ -188,6 +215,11 @@ class Routes:
                 log.exception("unhandled error on %s %s", request.method, request.path)
             response = problem_response(problem, request)
         response.headers["X-Request-ID"] = request_id_of(request)
+        services = request.environ.get("media.services")
+        if isinstance(services, Services) and "Access-Control-Allow-Origin" not in response.headers:
+            response.headers.update(
+                cors.response_headers(services.config.cors_origins, request.headers.get("Origin"))
+            )
         self._access_log(request, response, started)
         return response
 
@@ -200,9 +232,11 @@ class Routes:
         except WzNotFound:
             raise NotFound(f"No route for {request.path}") from None
         handler, wants_services = self.handlers[operation_id]
-        if wants_services:
-            return handler(request, provider(), **args)
-        return handler(request, **args)
+        if not wants_services:
+            return handler(request, **args)
+        services = provider()
+        request.environ["media.services"] = services  # for the CORS headers of whatever comes back
+        return handler(request, services, **args)
 
     def _access_log(self, request: Request, response: Response, started: float) -> None:
         log.info(
@@ -235,6 +269,28 @@ class Routes:
             return self.dispatch(Request(environ), provider)(environ, start_response)
 
         return app
+
+
+def register_preflights(routes: Routes) -> None:
+    """Answer CORS preflights for the function's OPTIONS routes: no token, no signature checked."""
+    for route in routes.table:
+        if route.method != "OPTIONS":
+            continue
+        methods = routing.methods_of(route.path)
+
+        def preflight(
+            request: Request,
+            services: Services,
+            methods: tuple[str, ...] = methods,
+            allow: tuple[str, ...] = route.cors_allow_headers,
+            **_: str,
+        ) -> Response:
+            headers = cors.preflight_headers(
+                services.config.cors_origins, request.headers.get("Origin"), methods, allow
+            )
+            return Response(status=204, headers=headers)
+
+        routes.operation(route.operation_id)(preflight)
 
 
 def render_http_exception(exc: HTTPException) -> Response:

@@ -24,7 +24,7 @@ from common.cas import LocalBlobStore
 from common.config import Config, DevelopmentModeWarning
 from common.migrate import migrate
 from localdev import devsecrets
-from localdev.router import build_router, load_functions
+from localdev.router import Demo, build_router, load_functions
 
 log = logging.getLogger("media.localdev")
 
@@ -52,21 +52,27 @@ def start_embedded_postgres(data_dir: Path) -> tuple[Any, str]:
     return server, str(server.get_uri())
 
 
-def prepare() -> tuple[Config, Any]:
-    """Fill in the development defaults, start the embedded database if needed, migrate."""
+def prepare() -> tuple[Config, Any, bool]:
+    """Fill in the development defaults, start the embedded database if needed, migrate.
+
+    Returns the config, the embedded server (or None) and whether the JWT secret is the generated
+    development one (which enables the demo page's token endpoint).
+    """
     logs.configure()
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.simplefilter("default", DevelopmentModeWarning)
     config = Config.from_env(os.environ)
     config.data_dir.mkdir(parents=True, exist_ok=True)
 
-    if not config.jwt_secret:
-        os.environ["MEDIA_JWT_SECRET"] = devsecrets.jwt_secret(config.data_dir)
-        warnings.warn(
-            f"MEDIA_JWT_SECRET unset: using the development secret in {devsecrets.path(config.data_dir)}",
-            DevelopmentModeWarning,
-            stacklevel=1,
-        )
+    dev_jwt = not config.jwt_secret
+    for variable, name in (("MEDIA_JWT_SECRET", "jwt-secret"), ("MEDIA_PRESIGN_SECRET", "presign-secret")):
+        if not os.environ.get(variable):
+            os.environ[variable] = devsecrets.secret(config.data_dir, name)
+            warnings.warn(
+                f"{variable} unset: using the development secret in {devsecrets.path(config.data_dir, name)}",
+                DevelopmentModeWarning,
+                stacklevel=1,
+            )
     server = None
     if not config.database_url:
         server, url = start_embedded_postgres(config.data_dir)
@@ -75,13 +81,14 @@ def prepare() -> tuple[Config, Any]:
     config = Config.from_env(os.environ)
     applied = migrate(config.require_database_url())
     log.info("migrations applied: %s", applied or "none (up to date)")
-    return config, server
+    return config, server, dev_jwt
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, dev_jwt: bool) -> None:
     # Nothing else writes to this volume while we start, so every temp file is abandoned.
     LocalBlobStore(config.cas_root).sweep_temp(0)
-    app = build_router(load_functions())
+    demo = Demo(token_secret=config.jwt_secret if dev_jwt else None)
+    app = build_router(load_functions(), demo=demo)
     options = {
         "bind": f"{config.host}:{config.port}",
         "workers": 1,
@@ -104,10 +111,10 @@ def main(argv: list[str]) -> int:
     if command not in ("serve", "migrate"):
         print("usage: python -m localdev [serve|migrate]", file=sys.stderr)
         return 2
-    config, server = prepare()
+    config, server, dev_jwt = prepare()
     try:
         if command == "serve":
-            serve(config)
+            serve(config, dev_jwt)
     finally:
         if server is not None:
             server.cleanup()

@@ -75,6 +75,7 @@ class LocalStack:
                 "MEDIA_PORT": str(self.port),
                 "MEDIA_HOST": "127.0.0.1",
                 "MEDIA_DATA_DIR": str(self.data_dir),
+                "MEDIA_PUBLIC_BASE_URL": self.base,
                 "PYTHONUNBUFFERED": "1",
             }
         )

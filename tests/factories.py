@@ -13,6 +13,8 @@ from PIL import Image
 from common.tokens import READ, WRITE, issue_hs256
 
 TEST_SECRET = "test-secret-" + "x" * 40
+PRESIGN_SECRET = "presign-secret-" + "p" * 40
+PUBLIC_BASE = "http://media.test"
 
 
 def png(width: int = 16, height: int = 16) -> bytes:

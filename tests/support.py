@@ -15,7 +15,7 @@ from typing import Any
 
 from common.config import Config
 from common.web import Routes
-from tests.factories import TEST_SECRET
+from tests.factories import PRESIGN_SECRET, PUBLIC_BASE, TEST_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = "postgres:16-alpine"
@@ -46,6 +46,8 @@ def make_config(data_dir: Path, database_url: str, **overrides: str) -> Config:
         "MEDIA_DATA_DIR": str(data_dir),
         "MEDIA_DATABASE_URL": database_url,
         "MEDIA_JWT_SECRET": TEST_SECRET,
+        "MEDIA_PRESIGN_SECRET": PRESIGN_SECRET,
+        "MEDIA_PUBLIC_BASE_URL": PUBLIC_BASE,
         "MEDIA_DB_TIMEOUT_SECONDS": "2",
     }
     env.update(overrides)

@@ -11,26 +11,33 @@ from common.services import Services, default_provider
 
 routes = web.Routes("download")
 health.register_probes(routes)
+web.register_preflights(routes)
 
 
 @routes.operation("listMedia")
 def list_media(request: Request, services: Services) -> Response:
     page = media.list_media(services, web.authenticate(request, services), request.args)
     return web.json_response(
-        {"items": [media.to_json(r) for r in page.items], "next_cursor": page.next_cursor}
+        {"items": [media.to_json(services, r) for r in page.items], "next_cursor": page.next_cursor}
     )
 
 
 @routes.operation("getMedia")
 def get_media(request: Request, services: Services, id: str) -> Response:
     record = media.get(services, web.authenticate(request, services), id)
-    return web.json_response(media.to_json(record))
+    return web.json_response(media.to_json(services, record))
 
 
 @routes.operation("getMediaContent", "headMediaContent")
 def get_content(request: Request, services: Services, id: str) -> Response:
-    principal = web.authenticate(request, services)
-    content = media.read_content(services, principal, id, request.method, request.headers)
+    if "sig" in request.args:  # a signed link, e.g. from <img src>: no bearer token
+        args = request.args
+        content = media.read_signed_content(
+            services, id, args.get("expires", ""), args["sig"], request.method, request.headers
+        )
+    else:
+        principal = web.authenticate(request, services)
+        content = media.read_content(services, principal, id, request.method, request.headers)
     return web.content_response(content, request)
 
 

@@ -1,4 +1,5 @@
-"""The upload function: `POST /media` (multipart, streamed) and `DELETE /media/{id}`."""
+"""The upload function: `POST /media` (multipart, streamed), `PUT /media/uploads/{token}` (the
+target of a presigned URL) and `DELETE /media/{id}`."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common import health, media, web
+from common import health, media, presigned, web
 from common.services import Services, default_provider
 
 routes = web.Routes("upload")
 health.register_probes(routes)
+web.register_preflights(routes)
 
 
 @routes.operation("uploadMedia")
@@ -18,8 +20,18 @@ def upload_media(request: Request, services: Services) -> Response:
     principal = web.authenticate(request, services)
     # The raw stream, never request.files/form/data: the body is streamed into storage.
     record = media.upload_multipart(services, principal, request.stream, request.headers.get("Content-Type"))
-    body = media.to_json(record)
+    body = media.to_json(services, record)
     return web.json_response(body, 201, {"Location": body["links"]["self"]})
+
+
+@routes.operation("completeUpload")
+def complete_upload(request: Request, services: Services, token: str) -> Response:
+    # No bearer token: the signature in the URL is the credential.
+    record = presigned.complete_upload(
+        services, token, request.headers.get("Content-Type"), request.content_length, request.stream
+    )
+    body = media.to_json(services, record)
+    return web.json_response(body, 200, {"ETag": f'"{record.sha256}"', "Location": body["links"]["self"]})
 
 
 @routes.operation("deleteMedia")

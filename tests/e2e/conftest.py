@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from localdev.harness import LocalStack
-from tests.factories import TEST_SECRET
+from tests.factories import PRESIGN_SECRET, TEST_SECRET
 from tests.support import RunningPostgres
 
 SMALL_LIMIT = 8 * 1024 * 1024
@@ -21,6 +21,7 @@ def stack(pg: RunningPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iter
         env={
             "MEDIA_DATABASE_URL": pg.url,
             "MEDIA_JWT_SECRET": TEST_SECRET,
+            "MEDIA_PRESIGN_SECRET": PRESIGN_SECRET,
             "MEDIA_MAX_UPLOAD_BYTES": str(SMALL_LIMIT),
         },
     ).start()

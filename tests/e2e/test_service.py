@@ -41,36 +41,37 @@ def test_upload_list_download_and_delete(stack: LocalStack) -> None:
     assert up.status_code == 201, up.text
     doc = up.json()
     assert doc["sha256"] == hashlib.sha256(data).hexdigest()
-    assert up.headers["Location"] == f"/media/{doc['id']}"
+    assert up.headers["Location"] == f"{stack.base}/media/{doc['id']}"
+    content = f"{stack.base}/media/{doc['id']}/content"
 
     listed = requests.get(stack.base + "/media", headers=bearer(tok), timeout=10).json()
     assert [i["id"] for i in listed["items"]] == [doc["id"]]
 
-    whole = requests.get(stack.base + doc["url"], headers=bearer(tok), timeout=10)
+    whole = requests.get(content, headers=bearer(tok), timeout=10)
     assert whole.status_code == 200
     assert hashlib.sha256(whole.content).hexdigest() == doc["sha256"]
     assert whole.headers["Accept-Ranges"] == "bytes"
 
-    part = requests.get(
-        stack.base + doc["url"], headers={**bearer(tok), "Range": "bytes=100-199"}, timeout=10
-    )
+    part = requests.get(content, headers={**bearer(tok), "Range": "bytes=100-199"}, timeout=10)
     assert part.status_code == 206 and part.content == data[100:200]
     assert part.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
 
-    head = requests.head(stack.base + doc["url"], headers=bearer(tok), timeout=10)
+    head = requests.head(content, headers=bearer(tok), timeout=10)
     assert (
         head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and head.content == b""
     )
 
     cached = requests.get(
-        stack.base + doc["url"], headers={**bearer(tok), "If-None-Match": whole.headers["ETag"]}, timeout=10
+        content, headers={**bearer(tok), "If-None-Match": whole.headers["ETag"]}, timeout=10
     )
     assert cached.status_code == 304
 
-    assert (
-        requests.delete(stack.base + doc["links"]["self"], headers=bearer(tok), timeout=10).status_code == 204
-    )
-    gone = requests.get(stack.base + doc["links"]["self"], headers=bearer(tok), timeout=10)
+    signed = requests.get(doc["url"], timeout=10)  # the signed link needs no token
+    assert signed.status_code == 200 and signed.content == data
+
+    assert requests.delete(doc["links"]["self"], headers=bearer(tok), timeout=10).status_code == 204
+    gone = requests.get(doc["links"]["self"], headers=bearer(tok), timeout=10)
+    assert requests.get(doc["url"], timeout=10).status_code == 404  # the signed link dies with the record
     assert gone.status_code == 404 and gone.headers["Content-Type"] == "application/problem+json"
 
 

@@ -33,11 +33,15 @@ def test_insert_get_and_keyset_listing(services: Services) -> None:
         with services.repo.digest_scope(rec.sha256) as scope:
             created.append(scope.insert(rec))
     assert services.repo.get(created[0].id) == created[0]
-    page = services.repo.list(ListQuery(owner=owner, limit=2))
+    page = services.repo.list_media(ListQuery(owner=owner, limit=2))
     assert [r.id for r in page] == [created[4].id, created[3].id]
-    rest = services.repo.list(ListQuery(owner=owner, limit=10, after=(page[-1].created_at, page[-1].id)))
+    rest = services.repo.list_media(
+        ListQuery(owner=owner, limit=10, after=(page[-1].created_at, page[-1].id))
+    )
     assert [r.id for r in rest] == [c.id for c in created[2::-1]]
-    assert services.repo.list(ListQuery(owner=owner, limit=10, content_type_prefix="application/")) == []
+    assert (
+        services.repo.list_media(ListQuery(owner=owner, limit=10, content_type_prefix="application/")) == []
+    )
 
 
 def test_digest_scope_excludes_other_holders_of_the_same_digest(services: Services) -> None:

@@ -13,8 +13,9 @@ from common.config import Config
 from common.problems import BadRequest, Forbidden, NotFound, TypeNotAllowed
 from common.repository import InMemoryMediaRepository, ListQuery, MediaRecord
 from common.services import Services
+from common.signing import KeyRing
 from common.tokens import ADMIN, READ, WRITE, HS256Verifier, Principal
-from tests.factories import TEST_SECRET, elf, jpeg, pdf, png, upload_body
+from tests.factories import PRESIGN_SECRET, TEST_SECRET, elf, jpeg, pdf, png, upload_body
 
 ALICE = Principal("alice", frozenset({READ, WRITE}))
 BOB = Principal("bob", frozenset({READ, WRITE}))
@@ -28,6 +29,7 @@ def svc() -> Services:
         store=InMemoryBlobStore(),
         repo=InMemoryMediaRepository(),
         verifier=HS256Verifier(TEST_SECRET),
+        keys=KeyRing(PRESIGN_SECRET),
     )
 
 
@@ -52,7 +54,7 @@ def test_type_comes_from_the_bytes_not_the_name(svc: Services) -> None:
     with pytest.raises(TypeNotAllowed) as info:
         upload(svc, ALICE, elf(), "x.png")
     assert "image/png" not in info.value.detected
-    assert svc.repo.list(ListQuery(owner=None, limit=10)) == []
+    assert svc.repo.list_media(ListQuery(owner=None, limit=10)) == []
 
 
 def test_upload_needs_write_scope(svc: Services) -> None:

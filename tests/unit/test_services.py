@@ -6,18 +6,31 @@ from pathlib import Path
 
 from common.cas import LocalBlobStore
 from common.config import Config
-from common.services import ServiceProvider, Services, start_temp_sweeper
+from common.repository import InMemoryMediaRepository
+from common.services import ServiceProvider, Services, start_maintenance
+from common.signing import KeyRing
+from common.tokens import HS256Verifier
+from tests.factories import PRESIGN_SECRET, TEST_SECRET
+
+
+def make_services(tmp_path: Path, **env: str) -> Services:
+    return Services(
+        config=Config.from_env(env),
+        store=LocalBlobStore(tmp_path),
+        repo=InMemoryMediaRepository(),
+        verifier=HS256Verifier(TEST_SECRET),
+        keys=KeyRing(PRESIGN_SECRET),
+    )
 
 
 def test_the_sweeper_removes_stale_temp_files_at_start_and_then_periodically(tmp_path: Path) -> None:
-    store = LocalBlobStore(tmp_path)
-    config = Config.from_env({"MEDIA_TEMP_MAX_AGE_SECONDS": "60", "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS": "1"})
+    services = make_services(tmp_path, MEDIA_TEMP_MAX_AGE_SECONDS="60", MEDIA_TEMP_SWEEP_INTERVAL_SECONDS="1")
     stale = tmp_path / "tmp" / "upload-crashed.part"
     stale.write_bytes(b"x")
     os.utime(stale, (time.time() - 120, time.time() - 120))
     live = tmp_path / "tmp" / "upload-in-flight.part"
     live.write_bytes(b"y")
-    stop = start_temp_sweeper(store, config)
+    stop = start_maintenance(services)
     try:
         deadline = time.monotonic() + 5
         while stale.exists() and time.monotonic() < deadline:
