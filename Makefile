@@ -39,7 +39,10 @@ fmt: install ## format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: install lint ## lint, then unit, integration (Testcontainers PostgreSQL) and end-to-end tests; T= picks a subset
+test-deps: install ## what the browser tests need: Chromium, ChromeDriver, Uppy (npm)
+	@./infra/browser-deps.sh
+
+test: install test-deps lint ## lint, then unit, integration (Testcontainers PostgreSQL), end-to-end and browser tests; T= picks a subset
 	$(PY) -m pytest $(T)
 
 unit: install ## unit tests only
@@ -51,4 +54,4 @@ bench: install ## stream 100 MiB and 1 GiB up and down through the stack: throug
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test unit bench clean
+.PHONY: help install run migrate token lint fmt test-deps test unit bench clean

@@ -75,6 +75,12 @@ def test_upload_list_download_and_delete(stack: LocalStack) -> None:
     assert gone.status_code == 404 and gone.headers["Content-Type"] == "application/problem+json"
 
 
+def test_the_demo_token_endpoint_exists_only_with_the_development_secrets(stack: LocalStack) -> None:
+    assert requests.get(stack.base + "/demo/", timeout=10).status_code == 200  # the page itself is static
+    resp = requests.get(stack.base + "/demo/token", timeout=10)
+    assert resp.status_code == 404 and resp.headers["Content-Type"] == "application/problem+json"
+
+
 @pytest.mark.parametrize("path", ["/robots.txt", "/favicon.ico", "/nothing/here"])
 def test_unknown_paths_are_problem_json(stack: LocalStack, path: str) -> None:
     resp = requests.get(stack.base + path, timeout=10)
@@ -211,9 +217,10 @@ def test_the_readme_curl_examples_work_as_written(stack: LocalStack, tmp_path: P
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert "304" in lines and "204" in lines, done.stdout
+    assert "304" in lines and "204" in lines and "409" in lines, done.stdout
+    assert "200 image/png" in lines, done.stdout  # the signed link, without a token
     assert (tmp_path / "copy.png").read_bytes() == (tmp_path / "pixel.png").read_bytes()
-    assert '"status": "ready"' in done.stdout
+    assert '"status": "ready"' in done.stdout and '"status": "pending"' in done.stdout
 
 
 def running(pid: int) -> bool:
@@ -236,6 +243,10 @@ def test_make_run_defaults_embedded_postgres_and_a_clean_stop(data_dir: Path) ->
         )
         assert up.status_code == 201, up.text
         assert (stack.data_dir / "pg" / "PG_VERSION").exists()
+        page = requests.get(stack.base + "/demo/", timeout=10)
+        assert page.status_code == 200 and "demo.js" in page.text
+        demo_token = requests.get(stack.base + "/demo/token", timeout=10).json()["token"]
+        assert requests.get(stack.base + "/media", headers=bearer(demo_token), timeout=10).status_code == 200
         postmaster = int((stack.data_dir / "pg" / "postmaster.pid").read_text().split()[0])
     finally:
         code = stack.stop()
