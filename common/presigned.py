@@ -109,7 +109,7 @@ def complete_upload(
         raise BadRequest(f"Content-Length is {content_length}; this URL was signed for {grant.size} bytes")
     if normalise_type(content_type) != grant.content_type:
         raise UnsupportedMediaType(f"Send Content-Type: {grant.content_type}, as signed")
-    claimed = services.repo.claim(grant.media_id)
+    claimed = services.repo.claim(grant.media_id, services.config.temp_max_age_seconds)
     if claimed is None:
         current = services.repo.get(grant.media_id)
         if current is None:

@@ -93,8 +93,12 @@ class MediaRepository(Protocol):
 
     def create_pending(self, new: NewPending) -> MediaRecord: ...
 
-    def claim(self, media_id: uuid.UUID) -> MediaRecord | None:
-        """Mark a pending upload as in progress; None when it is not pending or already claimed."""
+    def claim(self, media_id: uuid.UUID, stale_after_seconds: int) -> MediaRecord | None:
+        """Mark a pending upload as in progress; None when it is not pending or already claimed.
+
+        A claim older than `stale_after_seconds` belongs to a process that died mid-upload and is
+        taken over, so a crash does not leave the URL unusable until it expires.
+        """
 
     def release(self, media_id: uuid.UUID) -> None:
         """Give up a claim, so that the upload can be retried with the same URL."""
@@ -268,12 +272,14 @@ class PgMediaRepository:
         assert row is not None
         return _record(row)
 
-    def claim(self, media_id: uuid.UUID) -> MediaRecord | None:
+    def claim(self, media_id: uuid.UUID, stale_after_seconds: int) -> MediaRecord | None:
         with self._conn() as conn:
             row = conn.execute(
                 "UPDATE media SET claimed_at = clock_timestamp()"  # noqa: S608
-                f" WHERE id = %s AND status = 'pending' AND claimed_at IS NULL RETURNING {_COLUMNS}",
-                (media_id,),
+                " WHERE id = %s AND status = 'pending' AND (claimed_at IS NULL"
+                " OR claimed_at < clock_timestamp() - make_interval(secs => %s))"
+                f" RETURNING {_COLUMNS}",
+                (media_id, stale_after_seconds),
             ).fetchone()
         return _record(row) if row else None
 
@@ -369,7 +375,7 @@ class InMemoryMediaRepository:
             self.declared[record.id] = new.declared_sha256
         return record
 
-    def claim(self, media_id: uuid.UUID) -> MediaRecord | None:
+    def claim(self, media_id: uuid.UUID, stale_after_seconds: int) -> MediaRecord | None:
         self._check()
         with self._guard:
             record = self.rows.get(media_id)

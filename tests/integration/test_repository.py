@@ -7,12 +7,13 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from common import media
 from common.problems import DatabaseUnavailable
-from common.repository import ListQuery, NewMedia, PgMediaRepository
+from common.repository import ListQuery, NewMedia, NewPending, PgMediaRepository
 from common.services import Services
 from common.tokens import READ, WRITE, Principal
 from tests.factories import png, upload_body
@@ -105,3 +106,17 @@ def test_migrations_are_idempotent(pg: RunningPostgres) -> None:
     from common.migrate import migrate
 
     assert migrate(pg.url) == []
+
+
+def test_a_claim_is_exclusive_until_it_goes_stale(services: Services) -> None:
+    pending = services.repo.create_pending(
+        NewPending(
+            f"o-{uuid.uuid4()}", "a.png", "image/png", 10, None, datetime.now(UTC) + timedelta(minutes=5)
+        )
+    )
+    assert services.repo.claim(pending.id, 3600) is not None
+    assert services.repo.claim(pending.id, 3600) is None  # a live claim: the second PUT gets 409
+    time.sleep(0.01)
+    assert services.repo.claim(pending.id, 0) is not None  # its process died long ago: taken over
+    services.repo.release(pending.id)
+    assert services.repo.claim(pending.id, 3600) is not None
