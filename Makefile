@@ -39,19 +39,22 @@ fmt: install ## format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test-deps: install ## what the browser tests need: Chromium, ChromeDriver, Uppy (npm)
-	@./infra/browser-deps.sh
+test-deps: install ## what browser tests, drills and bench need: Chromium, ChromeDriver, nginx, wrk, Uppy
+	@./infra/test-deps.sh
 
-test: install test-deps lint ## lint, then unit, integration (Testcontainers PostgreSQL), end-to-end and browser tests; T= picks a subset
+test: install test-deps lint ## lint, then unit, integration (Testcontainers PostgreSQL), end-to-end, browser tests and fault drills; T= picks a subset
 	$(PY) -m pytest $(T)
+
+up: install test-deps ## production rehearsal: each function its own process, nginx as the ingress (Ctrl-C stops)
+	$(PY) -m localdev.rehearsal
 
 unit: install ## unit tests only
 	$(PY) -m pytest tests/unit $(T)
 
-bench: install ## stream 100 MiB and 1 GiB up and down through the stack: throughput and peak RSS
-	$(PY) -m bench.transfer
+bench: install test-deps ## the rehearsal vs nginx: transfers, ranges, metadata latency, RSS, cold start
+	$(PY) -m bench.rehearsal
 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test-deps test unit bench clean
+.PHONY: help install run migrate token lint fmt test-deps test up unit bench clean

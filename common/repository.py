@@ -12,12 +12,13 @@ locks work across processes and hosts, which file locks on NFS do not.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -25,6 +26,8 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 from common.problems import DatabaseUnavailable
+
+log = logging.getLogger("media.repository")
 
 STATUSES = ("pending", "ready", "failed")
 
@@ -187,9 +190,6 @@ class PgMediaRepository:
                 max_size=max_size,
                 timeout=timeout_seconds,
                 open=False,
-                # A connection broken while the database was away is noticed and replaced on
-                # checkout, so the service recovers by itself when PostgreSQL is back.
-                check=psycopg_pool.ConnectionPool.check_connection,
                 reconnect_timeout=0,  # keep trying for ever; readiness reports the outage
                 connection_class=psycopg.Connection[dict[str, Any]],
                 kwargs={
@@ -204,11 +204,36 @@ class PgMediaRepository:
             )
         )
         self._pool.open(wait=False)
+        self._checking = threading.Lock()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        with _unavailable_on_failure(), self._pool.connection(timeout=self._timeout) as conn:
-            yield conn
+        try:
+            with _unavailable_on_failure(), self._pool.connection(timeout=self._timeout) as conn:
+                yield conn
+        except DatabaseUnavailable:
+            self._flush_stale_connections()
+            raise
+
+    def _flush_stale_connections(self) -> None:
+        """After a failure, check the idle connections in the background and drop the broken ones.
+
+        Checking every connection on checkout would cost a round trip per request; instead a
+        connection that broke while PostgreSQL was away fails one request (503), and this makes
+        sure its idle siblings do not each fail another one once the database is back.
+        """
+        if not self._checking.acquire(blocking=False):
+            return
+
+        def check() -> None:
+            try:
+                self._pool.check()
+            except Exception:  # the database may still be away; the next failure checks again
+                log.debug("pool check failed", exc_info=True)
+            finally:
+                self._checking.release()
+
+        threading.Thread(target=check, name="media-pool-check", daemon=True).start()
 
     def get(self, media_id: uuid.UUID) -> MediaRecord | None:
         with self._conn() as conn:
@@ -313,135 +338,3 @@ class PgMediaRepository:
 
     def close(self) -> None:
         self._pool.close()
-
-
-class InMemoryMediaRepository:
-    """The same contract without a database, for unit tests of the use cases."""
-
-    def __init__(self) -> None:
-        self.rows: dict[uuid.UUID, MediaRecord] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-        self.claims: set[uuid.UUID] = set()
-        self.declared: dict[uuid.UUID, str | None] = {}
-        self.available = True
-
-    def _check(self) -> None:
-        if not self.available:
-            raise DatabaseUnavailable("in-memory repository switched off")
-
-    def get(self, media_id: uuid.UUID) -> MediaRecord | None:
-        self._check()
-        return self.rows.get(media_id)
-
-    def list_media(self, query: ListQuery) -> list[MediaRecord]:
-        self._check()
-        rows = [
-            r
-            for r in self.rows.values()
-            if (query.owner is None or r.owner == query.owner)
-            and (query.after is None or (r.created_at, r.id) < query.after)
-            and (not query.content_type_prefix or r.content_type.startswith(query.content_type_prefix))
-            and (not query.status or r.status == query.status)
-        ]
-        rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return rows[: query.limit]
-
-    @contextmanager
-    def digest_scope(self, sha256: str) -> Iterator[DigestScope]:
-        self._check()
-        with self._guard:
-            lock = self._locks.setdefault(sha256, threading.Lock())
-        with lock:
-            yield _MemoryDigestScope(self)
-
-    def create_pending(self, new: NewPending) -> MediaRecord:
-        self._check()
-        now = datetime.now(UTC)
-        record = MediaRecord(
-            id=uuid.uuid4(),
-            owner=new.owner,
-            filename=new.filename,
-            content_type=new.content_type,
-            size=new.size,
-            sha256=None,
-            status="pending",
-            created_at=now,
-            updated_at=now,
-            expires_at=new.expires_at,
-        )
-        with self._guard:
-            self.rows[record.id] = record
-            self.declared[record.id] = new.declared_sha256
-        return record
-
-    def claim(self, media_id: uuid.UUID, stale_after_seconds: int) -> MediaRecord | None:
-        self._check()
-        with self._guard:
-            record = self.rows.get(media_id)
-            if record is None or record.status != "pending" or media_id in self.claims:
-                return None
-            self.claims.add(media_id)
-            return record
-
-    def release(self, media_id: uuid.UUID) -> None:
-        with self._guard:
-            self.claims.discard(media_id)
-
-    def fail(self, media_id: uuid.UUID, reason: str) -> None:
-        with self._guard:
-            record = self.rows.get(media_id)
-            if record is not None and record.status == "pending":
-                self.rows[media_id] = replace(record, status="failed", failure_reason=reason)
-            self.claims.discard(media_id)
-
-    def remove_expired_pending(self, grace_seconds: int, limit: int = 100) -> list[MediaRecord]:
-        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
-        with self._guard:
-            gone = [
-                r
-                for r in self.rows.values()
-                if r.status == "pending" and r.expires_at and r.expires_at < cutoff
-            ][:limit]
-            for r in gone:
-                del self.rows[r.id]
-        return gone
-
-    def ping(self) -> None:
-        self._check()
-
-    def close(self) -> None:
-        return None
-
-
-class _MemoryDigestScope:
-    def __init__(self, repo: InMemoryMediaRepository) -> None:
-        self._repo = repo
-
-    def insert(self, new: NewMedia) -> MediaRecord:
-        self._repo._check()
-        now = datetime.now(UTC)
-        record = MediaRecord(id=uuid.uuid4(), created_at=now, updated_at=now, **new.__dict__)
-        with self._repo._guard:
-            self._repo.rows[record.id] = record
-        return replace(record)
-
-    def complete(self, media_id: uuid.UUID, sha256: str, size: int) -> MediaRecord | None:
-        self._repo._check()
-        with self._repo._guard:
-            record = self._repo.rows.get(media_id)
-            if record is None or record.status != "pending":
-                return None
-            done = replace(record, status="ready", sha256=sha256, size=size, updated_at=datetime.now(UTC))
-            self._repo.rows[media_id] = done
-            self._repo.claims.discard(media_id)
-            return done
-
-    def delete(self, media_id: uuid.UUID) -> MediaRecord | None:
-        self._repo._check()
-        with self._repo._guard:
-            return self._repo.rows.pop(media_id, None)
-
-    def references(self, sha256: str) -> int:
-        self._repo._check()
-        return sum(1 for r in self._repo.rows.values() if r.sha256 == sha256)

@@ -6,7 +6,9 @@ is the shared-secret verifier this service starts with. The scope decisions are 
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -72,9 +74,15 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
 
 
 class HS256Verifier:
-    """Shared-secret JWTs. The algorithm list is fixed: a token naming `none` or RS256 is refused."""
+    """Shared-secret JWTs. The algorithm list is fixed: a token naming `none` or RS256 is refused.
+
+    Tokens that verified are remembered (up to `cache_size`, keyed by the whole token) until they
+    expire: verifying the same token again can only give the same answer, and decoding a JWT was
+    the largest single cost of a metadata request in the rehearsal profile.
+    """
 
     algorithms = ("HS256",)
+    cache_size = 4096
 
     def __init__(
         self,
@@ -88,8 +96,32 @@ class HS256Verifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        self._cache: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def verify(self, token: str) -> Principal:
+        now = time.time()
+        with self._lock:
+            hit = self._cache.get(token)
+            if hit is not None:
+                self._cache.move_to_end(token)
+        if hit is not None:
+            principal, expires, not_before = hit
+            if now > expires + self._leeway:
+                raise Unauthorized("The token has expired")
+            if now < not_before - self._leeway:
+                raise Unauthorized("The token is not valid yet (nbf)")
+            return principal
+        claims = self._decode(token)
+        principal = principal_from_claims(claims)
+        entry = (principal, float(claims["exp"]), float(claims.get("nbf", 0)))
+        with self._lock:
+            self._cache[token] = entry
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str) -> dict[str, Any]:
         try:
             claims = jwt.decode(
                 token,
@@ -118,7 +150,7 @@ class HS256Verifier:
             raise Unauthorized(f"The token lacks the `{exc.claim}` claim") from None
         except jwt.InvalidTokenError:
             raise Unauthorized("The token is malformed or its signature does not verify") from None
-        return principal_from_claims(claims)
+        return dict(claims)
 
 
 def issue_hs256(

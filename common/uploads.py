@@ -23,7 +23,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from common.cas import SNIFF_BYTES, BlobWriter
 from common.problems import MalformedUpload, UnsupportedMediaType
 
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 1024 * 1024  # gunicorn recv()s up to 1 MiB; reading less makes it re-buffer the rest
 FILE_FIELD = "file"
 MAX_OTHER_FIELD_BYTES = 64 * 1024  # other form fields are ignored, but not unboundedly
 MAX_FILENAME_CHARS = 255

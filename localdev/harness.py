@@ -8,6 +8,7 @@ generates a large multipart body chunk by chunk, so neither side ever holds it w
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -179,3 +181,24 @@ def multipart_stream(file: GeneratedFile, filename: str = "big.png") -> Iterator
 
 
 MULTIPART_CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def send(
+    base: str, method: str, path: str, headers: dict[str, str], body: Iterator[bytes], length: int
+) -> tuple[int, bytes, float]:
+    """Stream `body` (exactly `length` bytes) with http.client; return (status, body, seconds)."""
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=600)
+    try:
+        started = time.perf_counter()
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in {**headers, "Content-Length": str(length)}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        for chunk in body:
+            conn.send(chunk)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, data, time.perf_counter() - started
+    finally:
+        conn.close()

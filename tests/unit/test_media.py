@@ -10,8 +10,9 @@ import pytest
 from common import media
 from common.cas import InMemoryBlobStore
 from common.config import Config
+from common.memory_repository import InMemoryMediaRepository
 from common.problems import BadRequest, Forbidden, NotFound, TypeNotAllowed
-from common.repository import InMemoryMediaRepository, ListQuery, MediaRecord
+from common.repository import ListQuery, MediaRecord
 from common.services import Services
 from common.signing import KeyRing
 from common.tokens import ADMIN, READ, WRITE, HS256Verifier, Principal

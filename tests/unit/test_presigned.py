@@ -13,6 +13,7 @@ import pytest
 from common import media, presigned
 from common.cas import InMemoryBlobStore
 from common.config import Config
+from common.memory_repository import InMemoryMediaRepository
 from common.problems import (
     BadRequest,
     Conflict,
@@ -25,7 +26,7 @@ from common.problems import (
     UnsupportedMediaType,
     UploadMismatch,
 )
-from common.repository import InMemoryMediaRepository, ListQuery, MediaRecord
+from common.repository import ListQuery, MediaRecord
 from common.services import Services
 from common.signing import KeyRing
 from common.tokens import READ, WRITE, HS256Verifier, Principal

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.cas import LocalBlobStore
 from common.config import Config
-from common.repository import InMemoryMediaRepository
+from common.memory_repository import InMemoryMediaRepository
 from common.services import ServiceProvider, Services, start_maintenance
 from common.signing import KeyRing
 from common.tokens import HS256Verifier

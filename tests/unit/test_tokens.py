@@ -99,3 +99,16 @@ def test_require_scope() -> None:
         require_scope(Principal("a", frozenset({READ})), WRITE)
     assert info.value.status == 403
     assert 'scope="media:write"' in info.value.headers()["WWW-Authenticate"]
+
+
+def test_a_remembered_token_still_expires_and_still_waits_for_nbf() -> None:
+    cached = HS256Verifier(SECRET, leeway_seconds=0)
+    short = issue_hs256(SECRET, "alice", ttl_seconds=1)
+    assert cached.verify(short).subject == "alice"
+    assert cached.verify(short).subject == "alice"  # from the cache
+    time.sleep(1.1)
+    with pytest.raises(Unauthorized, match="expired"):
+        cached.verify(short)
+    tampered = short[:-2] + ("AA" if not short.endswith("AA") else "BB")
+    with pytest.raises(Unauthorized):
+        cached.verify(tampered)  # a different string is verified on its own

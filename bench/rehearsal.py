@@ -1,0 +1,356 @@
+"""`make bench`: the service in its rehearsal topology (each function its own process, two upload
+replicas, nginx as the ingress) measured side by side with nginx itself serving the same files
+(sendfile) and accepting WebDAV PUT, on this machine, in one run.
+
+Figures (printed as a table and written to bench/results/rehearsal.json):
+- large downloads (100 MiB, 1 GiB): service vs nginx static, target >= 0.8x;
+- streaming uploads (100 MiB, 1 GiB; multipart and presigned PUT): service vs nginx PUT, >= 0.6x;
+- random 64 KiB ranges and metadata GETs (JWT + database) at concurrency 1, 16, 64 with wrk:
+  requests/s, p50, p99 (metadata target: p99 < 20 ms at 16);
+- peak RSS of every function process during the 1 GiB transfers, target < 150 MiB;
+- cold start per function (process start to first successful readiness answer), target < 1 s.
+
+Every loop is bounded in count and time; all traffic goes to 127.0.0.1. Read the figures with
+../shared/notes/benchmarking-here.md in mind: ratios from one interleaved run, not absolutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from common.tokens import issue_hs256
+from localdev.harness import MiB, peak_rss_bytes, send
+from localdev.rehearsal import Rehearsal
+
+GiB = 1024 * MiB
+SIZES = (100 * MiB, GiB)
+ROUNDS = {100 * MiB: 6, GiB: 2}  # uploads of fresh files run >= 10 s in all (benchmarking-here.md)
+CONCURRENCY = (1, 16, 64)
+WRK_SECONDS = 5
+RESULTS = Path(__file__).resolve().parent / "results" / "rehearsal.json"
+BOUNDARY = "bench-boundary-5d1c"
+PNG_HEAD = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00\x01\x00\x08\x02\x00\x00\x00\xd3\x10?1"
+)
+
+
+class Payload:
+    """`size` bytes that read as PNG, generated block by block; each instance differs (a new file)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.head = (PNG_HEAD + os.urandom(MiB))[:MiB]
+        self.block = os.urandom(MiB)
+        digest = hashlib.sha256()
+        for chunk in self.chunks():
+            digest.update(chunk)
+        self.sha256 = digest.hexdigest()
+
+    def chunks(self) -> Iterator[bytes]:
+        sent = 0
+        while sent < self.size:
+            piece = (self.head if sent == 0 else self.block)[: self.size - sent]
+            sent += len(piece)
+            yield piece
+
+
+def _conn(base: str) -> http.client.HTTPConnection:
+    parts = urlsplit(base)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=600)
+
+
+def fetch(url: str, headers: dict[str, str]) -> tuple[int, float, str]:
+    parts = urlsplit(url)
+    conn = _conn(f"{parts.scheme}://{parts.netloc}")
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    started = time.perf_counter()
+    conn.request("GET", target, headers=headers)
+    resp = conn.getresponse()
+    digest = hashlib.sha256()
+    buf = bytearray(MiB)
+    view = memoryview(buf)
+    total = 0
+    while n := resp.readinto(buf):
+        digest.update(view[:n])
+        total += n
+    elapsed = time.perf_counter() - started
+    conn.close()
+    assert resp.status == 200, resp.status
+    return total, elapsed, digest.hexdigest()
+
+
+def multipart(payload: Payload) -> tuple[Iterator[bytes], int, str]:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="bench.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        yield from payload.chunks()
+        yield tail
+
+    return body(), len(head) + payload.size + len(tail), f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def upload_multipart(base: str, auth: dict[str, str], payload: Payload) -> tuple[float, dict[str, Any]]:
+    body, length, ctype = multipart(payload)
+    status, data, elapsed = send(base, "POST", "/media", {**auth, "Content-Type": ctype}, body, length)
+    assert status == 201, data[:300]
+    doc: dict[str, Any] = json.loads(data)
+    assert doc["sha256"] == payload.sha256
+    return elapsed, doc
+
+
+def upload_presigned(base: str, auth: dict[str, str], size: int) -> float:
+    grant = json.dumps({"filename": "b.png", "content_type": "image/png", "size": size}).encode()
+    headers = {**auth, "Content-Type": "application/json"}
+    status, data, _ = send(base, "POST", "/media/uploads", headers, iter([grant]), len(grant))
+    assert status == 201, data
+    url = urlsplit(json.loads(data)["url"])
+    status, data, elapsed = send(
+        base, "PUT", url.path, {"Content-Type": "image/png"}, Payload(size).chunks(), size
+    )
+    assert status == 200, data[:300]
+    return elapsed
+
+
+def nginx_put(peer: str, name: str, size: int) -> float:
+    status, _, elapsed = send(peer, "PUT", f"/dav/{name}", {}, Payload(size).chunks(), size)
+    assert status in (201, 204), status
+    return elapsed
+
+
+def large_transfers(rehearsal: Rehearsal, token: str) -> tuple[list[dict[str, Any]], str]:
+    auth = {"Authorization": f"Bearer {token}"}
+    assert rehearsal.nginx is not None
+    peer = rehearsal.nginx.peer_base
+    rows = []
+    last_link = ""
+    for size in SIZES:
+        totals = dict.fromkeys(("multipart", "presigned", "nginx_put", "download", "nginx_get"), 0.0)
+        for i in range(ROUNDS[size]):
+            payload = Payload(size)  # fresh bytes every time: the CAS writes a new file
+            # Rotate the order each round, and start each upload with no dirty pages waiting for
+            # writeback, so that no contender pays for the one before it.
+            for step in range(3):
+                os.sync()
+                job = (i + step) % 3
+                if job == 0:
+                    elapsed, doc = upload_multipart(rehearsal.base, auth, payload)
+                    totals["multipart"] += elapsed
+                elif job == 1:
+                    totals["presigned"] += upload_presigned(rehearsal.base, auth, size)
+                else:
+                    totals["nginx_put"] += nginx_put(peer, f"put-{size}-{i}.bin", size)
+
+            total, elapsed, digest = fetch(doc["links"]["content"], {})
+            assert total == size
+            assert digest == payload.sha256
+            totals["download"] += elapsed
+            sha = payload.sha256
+            total, elapsed, digest = fetch(f"{peer}/sha256/{sha[:2]}/{sha[2:4]}/{sha}", {})
+            assert digest == payload.sha256
+            totals["nginx_get"] += elapsed
+            last_link = doc["links"]["content"]
+            (rehearsal.nginx.prefix / "dav" / f"put-{size}-{i}.bin").unlink(missing_ok=True)
+        mib = size * ROUNDS[size] / MiB
+        rate = {k: round(mib / v, 1) for k, v in totals.items()}
+        rows.append(
+            {
+                "size_mib": size // MiB,
+                "rounds": ROUNDS[size],
+                "mib_s": rate,
+                "download_vs_nginx": round(rate["download"] / rate["nginx_get"], 2),
+                "multipart_vs_nginx_put": round(rate["multipart"] / rate["nginx_put"], 2),
+                "presigned_vs_nginx_put": round(rate["presigned"] / rate["nginx_put"], 2),
+            }
+        )
+    return rows, last_link
+
+
+WRK_SCRIPT = """
+local size = {size}
+local span = 65536
+request = function()
+  local first = math.random(0, size - span - 1)
+  wrk.headers["Range"] = "bytes=" .. first .. "-" .. (first + span - 1)
+  return wrk.format("GET", "{path}")
+end
+"""
+
+
+def wrk(url: str, connections: int, headers: dict[str, str], script: str | None = None) -> dict[str, Any]:
+    cmd = [
+        "wrk",
+        "-t",
+        str(min(connections, 2)),
+        "-c",
+        str(connections),
+        "-d",
+        f"{WRK_SECONDS}s",
+        "--latency",
+    ]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        if script:
+            f.write(script)
+    if script:
+        cmd += ["-s", f.name]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=WRK_SECONDS + 30).stdout
+    os.unlink(f.name)
+
+    def latency(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return round(value / 1000 if unit == "us" else value * 1000 if unit == "s" else value, 2)
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {
+        "connections": connections,
+        "rps": round(float(rps.group(1)), 0) if rps else 0.0,
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def main() -> int:
+    if not shutil.which("wrk") or not shutil.which("nginx"):
+        print("make bench needs nginx and wrk (make bench installs them as root)", file=sys.stderr)
+        return 2
+    secret = "bench-" + os.urandom(16).hex()
+    presign_secret = "bench-presign-" + os.urandom(16).hex()
+    with tempfile.TemporaryDirectory(prefix="mbench", dir="/tmp") as tmp:
+        server = None
+        url = os.environ.get("MEDIA_DATABASE_URL")
+        if not url:
+            import pgserver
+
+            server = pgserver.get_server(str(Path(tmp) / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
+            url = str(server.get_uri())
+        rehearsal = Rehearsal(
+            data_dir=Path(tmp) / "data",
+            env={
+                "MEDIA_DATABASE_URL": url,
+                "MEDIA_JWT_SECRET": secret,
+                "MEDIA_PRESIGN_SECRET": presign_secret,
+                "MEDIA_MAX_UPLOAD_BYTES": str(2 * GiB),
+                "MEDIA_DOWNLOAD_URL_TTL_SECONDS": "3600",
+                "MEDIA_LOG_LEVEL": "WARNING",
+            },
+        )
+        try:
+            rehearsal.start()
+            cold = {
+                f"{name}:{p.port}": round(p.cold_start_seconds or 0, 3)
+                for name, procs in rehearsal.processes.items()
+                for p in procs
+            }
+            token = issue_hs256(secret, "bench", ["media:read", "media:write"], ttl_seconds=7200)
+            transfers, link = large_transfers(rehearsal, token)
+            rss = {
+                f"{name}:{p.port}": round(max(peak_rss_bytes(pid) for pid in p.pids()) / MiB, 1)
+                for name, procs in rehearsal.processes.items()
+                for p in procs
+            }
+            auth = {"Authorization": f"Bearer {token}"}
+            media_id = urlsplit(link).path.split("/")[2]
+            content = f"/media/{media_id}/content"
+            assert rehearsal.nginx is not None
+            sha_path = _peer_path(rehearsal, media_id, auth)
+            ranges = []
+            metadata = []
+            for c in CONCURRENCY:
+                service = wrk(rehearsal.base + content, c, auth, WRK_SCRIPT.format(size=GiB, path=content))
+                peer = wrk(
+                    rehearsal.nginx.peer_base + sha_path, c, {}, WRK_SCRIPT.format(size=GiB, path=sha_path)
+                )
+                ranges.append({"service": service, "nginx": peer})
+                metadata.append(wrk(f"{rehearsal.base}/media/{media_id}", c, auth))
+        finally:
+            rehearsal.stop()
+            if server is not None:
+                server.cleanup()
+
+    result = {
+        "transfers": transfers,
+        "ranges_64k": ranges,
+        "metadata": metadata,
+        "peak_rss_mib": rss,
+        "cold_start_s": cold,
+        "targets": {
+            "download_vs_nginx": ">= 0.8",
+            "upload_vs_nginx_put": ">= 0.6",
+            "metadata_p99_ms_at_16": "< 20",
+            "peak_rss_mib": "< 150",
+            "cold_start_s": "< 1",
+        },
+    }
+    report(result)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {RESULTS}")
+    return 0
+
+
+def _peer_path(rehearsal: Rehearsal, media_id: str, auth: dict[str, str]) -> str:
+    conn = _conn(rehearsal.base)
+    conn.request("GET", f"/media/{media_id}", headers=auth)
+    sha = json.loads(conn.getresponse().read())["sha256"]
+    conn.close()
+    return f"/sha256/{sha[:2]}/{sha[2:4]}/{sha}"
+
+
+def report(r: dict[str, Any]) -> None:
+    print(
+        "\nLarge transfers (MiB/s; service through the nginx ingress, nginx serving/accepting files itself)"
+    )
+    print(
+        f"{'size':>8} {'download':>9} {'nginx GET':>10} {'ratio':>6} |"
+        f" {'multipart':>9} {'PUT':>7} {'nginx PUT':>10} {'ratios':>11}"
+    )
+    for t in r["transfers"]:
+        m = t["mib_s"]
+        print(
+            f"{t['size_mib']:>5} MiB {m['download']:>9} {m['nginx_get']:>10} {t['download_vs_nginx']:>6} |"
+            f" {m['multipart']:>9} {m['presigned']:>7} {m['nginx_put']:>10}"
+            f" {t['multipart_vs_nginx_put']:>5}/{t['presigned_vs_nginx_put']:<5}"
+        )
+    print("\nRandom 64 KiB ranges of the 1 GiB file (wrk, 5 s each): req/s, p50 ms, p99 ms")
+    for row in r["ranges_64k"]:
+        s, n = row["service"], row["nginx"]
+        print(
+            f"  c={s['connections']:<3} service {s['rps']:>8} {s['p50_ms']:>7} {s['p99_ms']:>7}"
+            f"   nginx {n['rps']:>8} {n['p50_ms']:>7} {n['p99_ms']:>7}   non-2xx {s['non_2xx']}"
+        )
+    print("\nMetadata GET /media/{id} (JWT + PostgreSQL): req/s, p50 ms, p99 ms")
+    for m in r["metadata"]:
+        print(
+            f"  c={m['connections']:<3} {m['rps']:>8} {m['p50_ms']:>7} {m['p99_ms']:>7}"
+            f"   non-2xx {m['non_2xx']}"
+        )
+    print(f"\nPeak RSS per function process (MiB): {r['peak_rss_mib']}")
+    print(f"Cold start per function process (s): {r['cold_start_s']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""`make up`: the production rehearsal on one machine.
+
+Each function runs as its own `functions-framework` process (gunicorn inside) on its own loopback
+port, two of them for `upload` (as two Knative replicas sharing one CAS volume and one database),
+and nginx is the ingress on one port, its routes generated from the routing table. The end-to-end
+fault drills and `make bench` use `Rehearsal` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import Config
+from common.migrate import migrate
+from localdev import nginx
+from localdev.harness import ROOT, children, free_port
+
+FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
+DEFAULT_SCALE = {"upload": 2, "download": 2, "health": 1, "presign": 1}
+# Threads per process, as Knative's containerConcurrency would be. Uploads wait on the network and
+# the disk, so a process takes many; downloads and metadata are short and CPU-bound under the GIL,
+# so a process takes few and the function scales out in processes (replicas) instead.
+THREADS = {"upload": 8, "download": 4, "health": 4, "presign": 4}
+
+
+def _get(url: str, timeout: float = 2) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+@dataclass
+class FunctionProcess:
+    """One deployed function: `functions-framework --target NAME` on its own port."""
+
+    name: str
+    env: dict[str, str]
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    cold_start_seconds: float | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> FunctionProcess:
+        log = open(self.log_dir / f"{self.name}-{self.port}.log", "ab")  # noqa: SIM115 - the child keeps it
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                str(FUNCTIONS_FRAMEWORK),
+                "--target",
+                self.name,
+                "--source",
+                str(ROOT / "functions" / self.name / "main.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a drill can kill -9 master and workers
+        )
+        log.close()
+        deadline = started + timeout
+        while _get(self.base + "/health/ready") != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} on {self.port} did not become ready; see {self.log_dir}")
+            time.sleep(0.02)
+        self.cold_start_seconds = time.monotonic() - started
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill9(self) -> None:
+        """What a node failure does: SIGKILL to the whole process group, no cleanup."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def pids(self) -> list[int]:
+        """gunicorn's master and its workers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [self.proc.pid, *children(self.proc.pid)]
+
+
+@dataclass
+class Nginx:
+    prefix: Path
+    port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def peer_base(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self, upstreams: dict[str, list[int]], cas_root: Path) -> Nginx:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "dav", "dav-tmp"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.prefix / "nginx.conf"
+        peer = nginx.peer_server(self.prefix, self.peer_port, cas_root)
+        conf.write_text(nginx.ingress_config(self.prefix, self.port, upstreams, peer))
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while _get(self.base + "/health/live") != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {(self.prefix / 'error.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class Rehearsal:
+    data_dir: Path
+    env: dict[str, str]  # MEDIA_DATABASE_URL, the secrets, limits...
+    scale: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SCALE))
+    processes: dict[str, list[FunctionProcess]] = field(default_factory=dict)
+    nginx: Nginx | None = None
+
+    @property
+    def base(self) -> str:
+        assert self.nginx is not None
+        return self.nginx.base
+
+    @property
+    def cas_root(self) -> Path:
+        return self.data_dir / "cas"
+
+    def function_env(self) -> dict[str, str]:
+        assert self.nginx is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
+        env.update(
+            {
+                "MEDIA_DATA_DIR": str(self.data_dir),
+                "MEDIA_PUBLIC_BASE_URL": self.nginx.base,
+                # functions-framework's default is 4 x the machine's CPUs: always set it.
+                "WORKERS": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env)
+        return env
+
+    def start(self) -> Rehearsal:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        self.nginx = Nginx(prefix=self.data_dir / "nginx")
+        migrate(Config.from_env(self.function_env()).require_database_url())
+        env = self.function_env()
+        for name, count in self.scale.items():
+            own = {**env, "THREADS": str(THREADS.get(name, 4))}
+            self.processes[name] = [FunctionProcess(name, own, logs).start() for _ in range(count)]
+        upstreams = {name: [p.port for p in procs] for name, procs in self.processes.items()}
+        self.nginx.start(upstreams, self.cas_root)
+        return self
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+        for procs in self.processes.values():
+            for p in procs:
+                p.stop()
+
+    def restart(self, process: FunctionProcess) -> FunctionProcess:
+        """Start a stopped or killed process again on the same port (nginx keeps routing to it)."""
+        process.stop()
+        return process.start()
+
+    def temp_files(self) -> list[Path]:
+        tmp = self.cas_root / "tmp"
+        return sorted(tmp.iterdir()) if tmp.exists() else []
+
+    def blobs(self) -> list[Path]:
+        root = self.cas_root / "sha256"
+        return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def main() -> int:
+    """`make up`: the rehearsal with the embedded PostgreSQL (or MEDIA_DATABASE_URL) until Ctrl-C."""
+    from localdev.__main__ import prepare
+
+    config, server, _ = prepare()
+    env = {k: v for k, v in os.environ.items() if k.startswith("MEDIA_") and k != "MEDIA_DATA_DIR"}
+    rehearsal = Rehearsal(data_dir=config.data_dir / "rehearsal", env=env)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        rehearsal.start()
+        print(f"ingress (nginx) on {rehearsal.base}")
+        for name, procs in rehearsal.processes.items():
+            for p in procs:
+                print(
+                    f"  {name:<9} {p.base}  pid {p.proc.pid if p.proc else '?'}"
+                    f"  cold start {p.cold_start_seconds or 0:.2f} s"
+                )
+        print("Ctrl-C stops everything.", flush=True)
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        rehearsal.stop()
+        if server is not None:
+            server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
