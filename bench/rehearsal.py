@@ -37,7 +37,11 @@ from localdev.rehearsal import Rehearsal
 
 GiB = 1024 * MiB
 SIZES = (100 * MiB, GiB)
-ROUNDS = {100 * MiB: 6, GiB: 2}  # uploads of fresh files run >= 10 s in all (benchmarking-here.md)
+# Back to back, so that every contender writes in the same steady state of the page cache (short
+# runs of new-file writes read falsely high: benchmarking-here.md); >= 2 GiB per contender and size.
+# Nothing is deleted during the run: a CAS writes new files, and writes into pages freed by a
+# delete run several times faster (for nginx most of all), which is not the case being measured.
+ROUNDS = {100 * MiB: 20, GiB: 2}
 CONCURRENCY = (1, 16, 64)
 WRK_SECONDS = 5
 RESULTS = Path(__file__).resolve().parent / "results" / "rehearsal.json"
@@ -129,26 +133,36 @@ def upload_presigned(base: str, auth: dict[str, str], size: int) -> float:
     return elapsed
 
 
-def nginx_put(peer: str, name: str, size: int) -> float:
-    status, _, elapsed = send(peer, "PUT", f"/dav/{name}", {}, Payload(size).chunks(), size)
+def nginx_put(peer: str, path: Path, size: int) -> tuple[float, float]:
+    """(seconds for the PUT, seconds for the PUT plus an fsync of the file it wrote).
+
+    nginx answers a WebDAV PUT before the bytes are durable; the service fsyncs before it
+    answers. Both figures are reported, so the comparison can be made with equal guarantees.
+    """
+    status, _, elapsed = send(peer, "PUT", f"/dav/{path.name}", {}, Payload(size).chunks(), size)
     assert status in (201, 204), status
-    return elapsed
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return elapsed, elapsed + time.perf_counter() - started
 
 
-def large_transfers(rehearsal: Rehearsal, token: str) -> tuple[list[dict[str, Any]], str]:
+def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
     auth = {"Authorization": f"Bearer {token}"}
     assert rehearsal.nginx is not None
     peer = rehearsal.nginx.peer_base
     rows = []
-    last_link = ""
     for size in SIZES:
-        totals = dict.fromkeys(("multipart", "presigned", "nginx_put", "download", "nginx_get"), 0.0)
+        os.sync()
+        keys = ("multipart", "presigned", "nginx_put", "nginx_put_fsync", "download", "nginx_get")
+        totals = dict.fromkeys(keys, 0.0)
         for i in range(ROUNDS[size]):
             payload = Payload(size)  # fresh bytes every time: the CAS writes a new file
-            # Rotate the order each round, and start each upload with no dirty pages waiting for
-            # writeback, so that no contender pays for the one before it.
+            # Rotate the order each round, so that no contender always follows the same one.
             for step in range(3):
-                os.sync()
                 job = (i + step) % 3
                 if job == 0:
                     elapsed, doc = upload_multipart(rehearsal.base, auth, payload)
@@ -156,7 +170,11 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> tuple[list[dict[str, An
                 elif job == 1:
                     totals["presigned"] += upload_presigned(rehearsal.base, auth, size)
                 else:
-                    totals["nginx_put"] += nginx_put(peer, f"put-{size}-{i}.bin", size)
+                    raw, durable = nginx_put(
+                        peer, rehearsal.nginx.prefix / "dav" / f"put-{size}-{i}.bin", size
+                    )
+                    totals["nginx_put"] += raw
+                    totals["nginx_put_fsync"] += durable
 
             total, elapsed, digest = fetch(doc["links"]["content"], {})
             assert total == size
@@ -166,8 +184,6 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> tuple[list[dict[str, An
             total, elapsed, digest = fetch(f"{peer}/sha256/{sha[:2]}/{sha[2:4]}/{sha}", {})
             assert digest == payload.sha256
             totals["nginx_get"] += elapsed
-            last_link = doc["links"]["content"]
-            (rehearsal.nginx.prefix / "dav" / f"put-{size}-{i}.bin").unlink(missing_ok=True)
         mib = size * ROUNDS[size] / MiB
         rate = {k: round(mib / v, 1) for k, v in totals.items()}
         rows.append(
@@ -178,9 +194,11 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> tuple[list[dict[str, An
                 "download_vs_nginx": round(rate["download"] / rate["nginx_get"], 2),
                 "multipart_vs_nginx_put": round(rate["multipart"] / rate["nginx_put"], 2),
                 "presigned_vs_nginx_put": round(rate["presigned"] / rate["nginx_put"], 2),
+                "multipart_vs_nginx_put_fsync": round(rate["multipart"] / rate["nginx_put_fsync"], 2),
+                "presigned_vs_nginx_put_fsync": round(rate["presigned"] / rate["nginx_put_fsync"], 2),
             }
         )
-    return rows, last_link
+    return rows
 
 
 WRK_SCRIPT = """
@@ -266,19 +284,17 @@ def main() -> int:
                 for p in procs
             }
             token = issue_hs256(secret, "bench", ["media:read", "media:write"], ttl_seconds=7200)
-            transfers, link = large_transfers(rehearsal, token)
-            rss = {
-                f"{name}:{p.port}": round(max(peak_rss_bytes(pid) for pid in p.pids()) / MiB, 1)
-                for name, procs in rehearsal.processes.items()
-                for p in procs
-            }
             auth = {"Authorization": f"Bearer {token}"}
-            media_id = urlsplit(link).path.split("/")[2]
+            # Latency first, on one 1 GiB file, before the gigabytes of the transfer runs leave the
+            # page cache full and the kernel busy writing back.
+            _, doc = upload_multipart(rehearsal.base, auth, Payload(GiB))
+            media_id = doc["id"]
             content = f"/media/{media_id}/content"
             assert rehearsal.nginx is not None
-            sha_path = _peer_path(rehearsal, media_id, auth)
+            sha_path = f"/sha256/{doc['sha256'][:2]}/{doc['sha256'][2:4]}/{doc['sha256']}"
             ranges = []
             metadata = []
+            os.sync()
             for c in CONCURRENCY:
                 service = wrk(rehearsal.base + content, c, auth, WRK_SCRIPT.format(size=GiB, path=content))
                 peer = wrk(
@@ -286,6 +302,12 @@ def main() -> int:
                 )
                 ranges.append({"service": service, "nginx": peer})
                 metadata.append(wrk(f"{rehearsal.base}/media/{media_id}", c, auth))
+            transfers = large_transfers(rehearsal, token)
+            rss = {
+                f"{name}:{p.port}": round(max(peak_rss_bytes(pid) for pid in p.pids()) / MiB, 1)
+                for name, procs in rehearsal.processes.items()
+                for p in procs
+            }
         finally:
             rehearsal.stop()
             if server is not None:
@@ -312,28 +334,26 @@ def main() -> int:
     return 0
 
 
-def _peer_path(rehearsal: Rehearsal, media_id: str, auth: dict[str, str]) -> str:
-    conn = _conn(rehearsal.base)
-    conn.request("GET", f"/media/{media_id}", headers=auth)
-    sha = json.loads(conn.getresponse().read())["sha256"]
-    conn.close()
-    return f"/sha256/{sha[:2]}/{sha[2:4]}/{sha}"
-
-
 def report(r: dict[str, Any]) -> None:
+    print("\nLarge downloads (MiB/s): the service through the nginx ingress, nginx serving the file itself")
+    for t in r["transfers"]:
+        m = t["mib_s"]
+        print(
+            f"  {t['size_mib']:>5} MiB  service {m['download']:>8}  nginx {m['nginx_get']:>8}"
+            f"  ratio {t['download_vs_nginx']}"
+        )
     print(
-        "\nLarge transfers (MiB/s; service through the nginx ingress, nginx serving/accepting files itself)"
-    )
-    print(
-        f"{'size':>8} {'download':>9} {'nginx GET':>10} {'ratio':>6} |"
-        f" {'multipart':>9} {'PUT':>7} {'nginx PUT':>10} {'ratios':>11}"
+        "\nStreaming uploads (MiB/s): multipart and presigned PUT through the ingress vs nginx WebDAV PUT."
+        "\nThe service fsyncs before it answers, nginx does not: ratios against nginx PUT and PUT + fsync."
     )
     for t in r["transfers"]:
         m = t["mib_s"]
         print(
-            f"{t['size_mib']:>5} MiB {m['download']:>9} {m['nginx_get']:>10} {t['download_vs_nginx']:>6} |"
-            f" {m['multipart']:>9} {m['presigned']:>7} {m['nginx_put']:>10}"
-            f" {t['multipart_vs_nginx_put']:>5}/{t['presigned_vs_nginx_put']:<5}"
+            f"  {t['size_mib']:>5} MiB  multipart {m['multipart']:>7}  presigned {m['presigned']:>7}"
+            f"  nginx PUT {m['nginx_put']:>7}"
+            f" (ratios {t['multipart_vs_nginx_put']}/{t['presigned_vs_nginx_put']})"
+            f"  PUT+fsync {m['nginx_put_fsync']:>7}"
+            f" (ratios {t['multipart_vs_nginx_put_fsync']}/{t['presigned_vs_nginx_put_fsync']})"
         )
     print("\nRandom 64 KiB ranges of the 1 GiB file (wrk, 5 s each): req/s, p50 ms, p99 ms")
     for row in r["ranges_64k"]:
