@@ -48,3 +48,10 @@ def test_the_ingress_map_dispatches_like_the_issue_says(method: str, path: str, 
 def test_rules_translate_openapi_templates() -> None:
     route = next(r for r in routing.routes() if r.operation_id == "getMediaContent")
     assert route.rule == "/media/<id>/content"
+
+
+def test_the_openapi_document_is_valid_openapi_3_1() -> None:
+    from openapi_spec_validator import validate
+
+    validate(routing.openapi_document())  # raises with the offending path when it is not
+    assert routing.openapi_document()["openapi"].startswith("3.1")
