@@ -9,6 +9,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from common.services import Services
+from common.sniff import libmagic_version
 from common.web import Routes, json_response
 
 
@@ -33,7 +34,12 @@ def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
         "storage": _timed(services.store.check_writable),
     }
     ready = all(c["status"] == "ok" for c in checks.values())
-    return ready, {"status": "ready" if ready else "unavailable", "checks": checks}
+    # Type detection depends on the libmagic build (results differ between 5.4x releases).
+    return ready, {
+        "status": "ready" if ready else "unavailable",
+        "checks": checks,
+        "libmagic": libmagic_version(),
+    }
 
 
 def register_probes(routes: Routes) -> None:

@@ -41,6 +41,7 @@ def test_ready_goes_503_when_postgres_stops_and_200_when_it_returns(
     try:
         up = wait_for(client, 200)
         assert up["status"] == "ready"
+        assert isinstance(up["libmagic"], int) and up["libmagic"] >= 500
         assert client.get("/health/live").status_code == 200
 
         own_postgres.stop()
