@@ -13,6 +13,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from localdev.harness import LocalStack
 from tests.browser.conftest import PageServer
 from tests.factories import bearer, png, token
+from tests.support import RunningPostgres
 
 
 def use_demo(driver: Any, origin: str, api: str, tok: str, picture: Path) -> str:
@@ -60,3 +61,31 @@ def test_an_origin_not_allowed_fails_in_the_browser_and_stores_nothing(
     assert "error" in (driver.find_element(By.ID, "status").get_attribute("class") or "")
     listed = requests.get(f"{api.base}/media", headers=bearer(tok), timeout=10).json()
     assert listed["items"] == []
+
+
+def test_the_demo_page_as_make_run_serves_it(driver: Any, pg: RunningPostgres, tmp_path: Path) -> None:
+    """Same origin, development secrets: the page fetches its own token from /demo/token."""
+    stack = LocalStack(data_dir=tmp_path / "v", env={"MEDIA_DATABASE_URL": pg.url})
+    stack.env["MEDIA_PUBLIC_BASE_URL"] = f"http://localhost:{stack.port}"  # make run's default
+    stack.start()
+    try:
+        data = png(64, 48)
+        picture = tmp_path / "soup.png"
+        picture.write_bytes(data)
+        driver.get(f"http://localhost:{stack.port}/demo/")
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "token").get_attribute("value"))
+        driver.find_element(By.ID, "file").send_keys(str(picture))
+        driver.find_element(By.ID, "upload").click()
+        status = driver.find_element(By.ID, "status")
+        WebDriverWait(driver, 60).until(
+            lambda d: status.text.startswith("ready:") or "error" in (status.get_attribute("class") or "")
+        )
+        assert status.text.startswith("ready:"), status.text
+        WebDriverWait(driver, 20).until(
+            lambda d: d.execute_script(
+                "const i = document.getElementById('preview'); return i.complete && !i.hidden;"
+            )
+        )
+        assert driver.execute_script("return document.getElementById('preview').naturalWidth") == 64
+    finally:
+        stack.stop()
