@@ -100,7 +100,8 @@ def serve(config: Config, dev_jwt: bool) -> None:
         "loglevel": "warning",
     }
     print(
-        f"media service on http://{config.host}:{config.port}  (`make token` prints a bearer token)",
+        f"media service on http://{config.host}:{config.port}  (`make token` prints a bearer token;"
+        f" the demo page is {config.public_base_url}/demo/)",
         flush=True,
     )
     _Gunicorn(app, options).run()
