@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,50 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def http_status(url: str, timeout: float = 2) -> int:
+    """The status of a GET (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def spawn_until_ready(
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    ready_url: str,
+    timeout: float,
+    new_session: bool = False,
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start `cmd` (output to `log_path`) and wait until `ready_url` answers 200.
+
+    Returns the process and the seconds from start to ready. When it exits or is not ready within
+    `timeout`, it is killed and RuntimeError names its log.
+    """
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, which keeps it open
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
+    )
+    log.close()
+    while http_status(ready_url) != 200:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}; see {log_path}")
+        if time.monotonic() - started > timeout:
+            if new_session:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait(5)
+            raise RuntimeError(f"{cmd[0]} was not ready within {timeout} s; see {log_path}")
+        time.sleep(0.02)
+    return proc, time.monotonic() - started
+
+
 @dataclass
 class LocalStack:
     data_dir: Path
@@ -83,25 +128,13 @@ class LocalStack:
         )
         env.update(self.env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localdev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the stack exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.base + "/health/ready", timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the stack was not ready within {timeout} s:\n{self.log()}")
-            time.sleep(0.2)
+        try:
+            self.proc, _ = spawn_until_ready(
+                [sys.executable, "-m", "localdev"], env, self.log_path, self.base + "/health/ready", timeout
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

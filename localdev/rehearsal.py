@@ -14,14 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Config
 from common.migrate import migrate
 from localdev import nginx
-from localdev.harness import ROOT, children, free_port
+from localdev.harness import ROOT, children, free_port, http_status, spawn_until_ready
 
 FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
 DEFAULT_SCALE = {"upload": 2, "download": 2, "health": 1, "presign": 1}
@@ -30,16 +29,6 @@ DEFAULT_SCALE = {"upload": 2, "download": 2, "health": 1, "presign": 1}
 # GIL: more threads only queue on it and stretch the tail (p99 at 16 clients, measured: 18 ms with
 # 2 threads, 23 ms with 4, 29 ms with 8), so download takes 2 and scales out in replicas instead.
 THREADS = {"upload": 8, "download": 2, "health": 4, "presign": 4}
-
-
-def _get(url: str, timeout: float = 2) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
 
 
 @dataclass
@@ -58,34 +47,16 @@ class FunctionProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> FunctionProcess:
-        log = open(self.log_dir / f"{self.name}-{self.port}.log", "ab")  # noqa: SIM115 - the child keeps it
-        started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [
-                str(FUNCTIONS_FRAMEWORK),
-                "--target",
-                self.name,
-                "--source",
-                str(ROOT / "functions" / self.name / "main.py"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a drill can kill -9 master and workers
+        cmd = [
+            str(FUNCTIONS_FRAMEWORK),
+            *("--target", self.name, "--source", str(ROOT / "functions" / self.name / "main.py")),
+            *("--host", "127.0.0.1", "--port", str(self.port)),
+        ]
+        log = self.log_dir / f"{self.name}-{self.port}.log"
+        # Its own process group, so that a drill can kill -9 gunicorn's master and workers at once.
+        self.proc, self.cold_start_seconds = spawn_until_ready(
+            cmd, self.env, log, self.base + "/health/ready", timeout, new_session=True
         )
-        log.close()
-        deadline = started + timeout
-        while _get(self.base + "/health/ready") != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name} on {self.port} did not become ready; see {self.log_dir}")
-            time.sleep(0.02)
-        self.cold_start_seconds = time.monotonic() - started
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
@@ -139,7 +110,7 @@ class Nginx:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
-        while _get(self.base + "/health/live") != 200:
+        while http_status(self.base + "/health/live") != 200:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nginx did not start: {(self.prefix / 'error.log').read_text()[-2000:]}")
             time.sleep(0.05)
