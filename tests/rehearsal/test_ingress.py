@@ -3,9 +3,13 @@ is answered as problem+json."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +78,45 @@ def test_routes_reach_their_functions_and_the_rest_is_problem_json(rehearsal: Re
     assert wrong.status_code == 405
     assert wrong.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
     assert wrong.json()["status"] == 405
+
+
+def test_make_up_serves_through_nginx_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    """`make up` as a person runs it: embedded PostgreSQL, development secrets, Ctrl-C."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
+    env.update({"MEDIA_DATA_DIR": str(tmp_path / "v"), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localdev.rehearsal"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C" in line or not line:
+                break
+        ingress = next(line.split()[-1] for line in lines if line.startswith("ingress"))
+        pids = [int(line.split("pid")[1].split()[0]) for line in lines if " pid " in line]
+        assert len(pids) == 6, lines
+        assert requests.get(ingress + "/health/ready", timeout=10).status_code == 200
+        secret = (tmp_path / "v" / "dev" / "jwt-secret").read_text().strip()
+        assert (
+            requests.get(ingress + "/media", headers=bearer(token(secret=secret)), timeout=10).status_code
+            == 200
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "\nState:\tZ" in status.read_text(), (
+            f"function process {pid} outlived make up"
+        )
