@@ -51,6 +51,14 @@ INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", 
 FILE_CHUNK = 1024 * 1024
 
 
+# A presigned upload URL is a credential: its token never goes into the logs.
+_CAPABILITY_PATH = re.compile(r"^(/media/uploads/)[^/]+")
+
+
+def loggable_path(path: str) -> str:
+    return _CAPABILITY_PATH.sub(r"\1<token>", path)
+
+
 def request_id_of(request: Request) -> str:
     rid = request.environ.get("media.request_id")
     if rid is None:
@@ -244,7 +252,7 @@ class Routes:
             extra={
                 "function": self.function,
                 "method": request.method,
-                "path": request.path,
+                "path": loggable_path(request.path),
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "request_id": request_id_of(request),

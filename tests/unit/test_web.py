@@ -44,3 +44,11 @@ def test_problem_headers_are_sent() -> None:
     response = problem_response(RangeNotSatisfiable(42), request)
     assert response.headers["Content-Range"] == "bytes */42"
     assert "Connection" not in response.headers
+
+
+def test_upload_tokens_are_kept_out_of_the_logs() -> None:
+    from common.web import loggable_path
+
+    assert loggable_path("/media/uploads/v1.abc.def.ghi") == "/media/uploads/<token>"
+    assert loggable_path("/media/uploads") == "/media/uploads"
+    assert loggable_path("/media/0b5c/content") == "/media/0b5c/content"
