@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from common.problems import PreconditionFailed, RangeNotSatisfiable
 
@@ -51,6 +51,18 @@ class Decision:
     def end(self) -> int:
         """Inclusive last byte, as Content-Range spells it."""
         return self.start + self.length - 1
+
+
+@dataclass
+class Content:
+    """What to send for a GET/HEAD of stored bytes: the decision and, when a body goes out, the
+    open file positioned at its first byte."""
+
+    representation: Representation
+    decision: Decision
+    file: BinaryIO | None
+    content_type: str
+    filename: str
 
 
 def parse_etags(value: str) -> list[tuple[bool, str]] | None:

@@ -30,10 +30,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from common.cas import BlobWriter
-from common.conditional import Decision, HeaderLookup, Representation, evaluate
+from common.conditional import Content, HeaderLookup, Representation, evaluate
 from common.problems import (
     BadRequest,
     Forbidden,
@@ -175,14 +175,6 @@ def list_media(services: Services, principal: Principal, args: Mapping[str, str]
     return Page(items=items, next_cursor=encode_cursor(items[-1]) if len(rows) > limit else None)
 
 
-@dataclass
-class Content:
-    record: MediaRecord
-    representation: Representation
-    decision: Decision
-    file: BinaryIO | None  # open and positioned at the first byte to send; None when no body
-
-
 def read_content(
     services: Services, principal: Principal, media_id: str, method: str, headers: HeaderLookup
 ) -> Content:
@@ -214,7 +206,7 @@ def _content(services: Services, record: MediaRecord, method: str, headers: Head
     if method == "GET" and decision.status in (200, 206):
         file = services.store.open(record.sha256)
         file.seek(decision.start)
-    return Content(record, rep, decision, file)
+    return Content(rep, decision, file, record.content_type, record.filename)
 
 
 def content_link(services: Services, media_id: uuid.UUID) -> str:

@@ -25,7 +25,7 @@ from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
 from common import cors, logs, routing
-from common.media import Content
+from common.conditional import Content
 from common.problems import (
     BadRequest,
     MethodNotAllowed,
@@ -164,7 +164,7 @@ class _Span:
 
 
 def content_response(content: Content, request: Request) -> Response:
-    record, rep, decision = content.record, content.representation, content.decision
+    rep, decision = content.representation, content.decision
     headers = {
         "ETag": rep.etag_header,
         "Last-Modified": rep.last_modified_header,
@@ -175,8 +175,8 @@ def content_response(content: Content, request: Request) -> Response:
     }
     if decision.status == 304:
         return Response(status=304, headers=headers)
-    headers["Content-Type"] = record.content_type
-    headers["Content-Disposition"] = content_disposition(record.filename, record.content_type)
+    headers["Content-Type"] = content.content_type
+    headers["Content-Disposition"] = content_disposition(content.filename, content.content_type)
     headers["Content-Length"] = str(decision.length)
     if decision.status == 206:
         headers["Content-Range"] = f"bytes {decision.start}-{decision.end}/{rep.size}"
