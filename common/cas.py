@@ -316,16 +316,11 @@ class MemoryBlobWriter(_Hashing):
 class InMemoryBlobStore:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
-        self.open_writers = 0
         self._lock = threading.Lock()
 
     @contextmanager
     def writer(self, max_bytes: int, label: str = "upload") -> Iterator[BlobWriter]:
-        self.open_writers += 1
-        try:
-            yield MemoryBlobWriter(max_bytes)
-        finally:
-            self.open_writers -= 1
+        yield MemoryBlobWriter(max_bytes)
 
     def commit(self, writer: BlobWriter) -> None:
         assert isinstance(writer, MemoryBlobWriter)

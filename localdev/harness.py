@@ -44,10 +44,6 @@ def peak_rss_bytes(pid: int) -> int:
     return _status_kib(pid, "VmHWM") * 1024
 
 
-def rss_bytes(pid: int) -> int:
-    return _status_kib(pid, "VmRSS") * 1024
-
-
 def children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
