@@ -45,6 +45,10 @@ test-deps: install ## what browser tests, drills and bench need: Chromium, Chrom
 test: install test-deps lint ## lint, then unit, integration (Testcontainers PostgreSQL), end-to-end, browser tests and fault drills; T= picks a subset
 	$(PY) -m pytest $(T)
 
+test-embedded: install ## unit and integration tests with the Docker engine hidden: the embedded-PostgreSQL fallback
+	DOCKER_HOST=unix:///nonexistent/docker.sock MEDIA_TEST_REQUIRE_DOCKER= MEDIA_TEST_REQUIRE_EMBEDDED=1 \
+		$(PY) -m pytest tests/unit tests/integration $(T)
+
 up: install test-deps ## production rehearsal: each function its own process, nginx as the ingress (Ctrl-C stops)
 	$(PY) -m localdev.rehearsal
 
@@ -57,4 +61,4 @@ bench: install test-deps ## the rehearsal vs nginx: transfers, ranges, metadata 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test-deps test up unit bench clean
+.PHONY: help install run migrate token lint fmt test-deps test test-embedded up unit bench clean

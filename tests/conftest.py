@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from common.migrate import migrate
 from common.services import Services, build_services
 from localdev.router import build_router
 from tests import support
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines drown a failure's output
 
 
 def pytest_report_header(config: pytest.Config) -> str:

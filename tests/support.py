@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import socket
@@ -60,14 +61,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _unix_socket_answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+@cache
 def docker_available() -> bool:
+    """Whether a Docker engine answers (asked once per session; every socket the probe opens is closed).
+
+    A Unix socket is tried by hand first: docker-py leaks the socket of a failed connect, which
+    `filterwarnings = error` turns into a test error on a machine without an engine.
+    """
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not _unix_socket_answers(host.removeprefix("unix://")):
+        return False
     try:
         import docker
 
-        docker.from_env(timeout=5).ping()
+        client = docker.from_env(timeout=5)
+    except Exception:
+        return False
+    try:
+        client.ping()
         return True
     except Exception:
         return False
+    finally:
+        client.close()
 
 
 def postgres_mode() -> str:
@@ -75,6 +101,10 @@ def postgres_mode() -> str:
     if os.environ.get("MEDIA_TEST_POSTGRES") == "embedded":
         return "embedded"
     if docker_available():
+        if os.environ.get("MEDIA_TEST_REQUIRE_EMBEDDED") == "1":
+            raise RuntimeError(
+                "MEDIA_TEST_REQUIRE_EMBEDDED=1, but a Docker engine answers (hide it: DOCKER_HOST)"
+            )
         return "docker"
     if os.environ.get("MEDIA_TEST_REQUIRE_DOCKER") == "1":
         raise RuntimeError(
@@ -95,7 +125,7 @@ class RunningPostgres:
         if self.mode == "docker":
             self.handle.get_wrapped_container().stop(timeout=5)
         else:
-            self.handle.cleanup()
+            _stop_embedded(self.handle)
 
     def start(self) -> None:
         if self.mode == "docker":
@@ -133,4 +163,11 @@ def postgres(fixed_port: bool = False) -> Iterator[RunningPostgres]:
         try:
             yield RunningPostgres(str(server.get_uri()), server, mode)
         finally:
-            server.cleanup()
+            _stop_embedded(server)
+
+
+def _stop_embedded(server: Any) -> None:
+    """Stop a pgserver server now, and keep pgserver from trying again at exit (by then pytest has
+    closed the stream its log handler writes to)."""
+    server.cleanup()
+    atexit.unregister(server._cleanup)
