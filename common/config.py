@@ -85,7 +85,11 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("MEDIA_CORS_ORIGINS", None, "Comma-separated exact origins allowed by CORS; unset: no CORS"),
     Variable("MEDIA_DB_POOL_MAX", "8", "Connections per process in the PostgreSQL pool"),
-    Variable("MEDIA_DB_TIMEOUT_SECONDS", "2", "Wait for a connection / readiness query before 503"),
+    Variable(
+        "MEDIA_DB_TIMEOUT_SECONDS",
+        "2",
+        "Wait for a pool connection, and for each round trip on it, before 503; readiness in all",
+    ),
     Variable("MEDIA_TEMP_MAX_AGE_SECONDS", "3600", "Temp files untouched this long are swept as abandoned"),
     Variable("MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", "600", "How often each process sweeps stale temp files"),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),

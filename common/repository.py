@@ -3,6 +3,15 @@
 Only this module speaks SQL. Every query is parameterised. Driver and pool failures leave it as
 `DatabaseUnavailable` (503 at the edge), never as psycopg exceptions.
 
+Every wait on the server has a deadline. A connection is waited for at most `timeout_seconds`
+(the pool's checkout); each round trip on it (a statement, a COMMIT, the pool's own checks) at
+most `timeout_seconds` too: `statement_timeout` lets a live server cancel a slow statement
+itself, and `_DeadlineConnection` gives up on a server that stopped answering altogether (frozen,
+failing over, partitioned without a reset, where no cancel and no error ever arrives), closing
+that connection so the pool replaces it. TCP keepalives and `tcp_user_timeout` let the kernel
+notice a dead peer on idle TCP connections too. So a request that needs the database answers
+503 within about twice the timeout, whatever the database does.
+
 `digest_scope(sha256)` is the lock that keeps the CAS and the table consistent: it holds a
 PostgreSQL session advisory lock keyed by the digest, on one connection, until the block ends.
 Committing an upload and deleting the last record of a digest both happen inside it, so a delete
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -134,12 +144,56 @@ def _record(row: dict[str, Any]) -> MediaRecord:
 def _unavailable_on_failure() -> Iterator[None]:
     try:
         yield
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+    except (
+        psycopg.OperationalError,  # connection lost or refused, statement_timeout, our own deadline
+        psycopg_pool.PoolTimeout,  # no connection free within the checkout timeout
+        psycopg_pool.TooManyRequests,  # too many requests already waiting for one
+        psycopg_pool.PoolClosed,
+    ) as exc:
         raise DatabaseUnavailable(str(exc).strip() or exc.__class__.__name__) from exc
 
 
+# How much longer the client waits than the server's statement_timeout: a live server cancels a
+# slow statement itself (the connection survives); only a silent one reaches the client's deadline.
+_CLIENT_MARGIN_SECONDS = 0.25
+
+
+class _DeadlineConnection(psycopg.Connection[dict[str, Any]]):
+    """A connection on which no wait for the server outlasts `deadline_seconds`.
+
+    psycopg does every round trip through `Connection.wait` (statements, COMMIT, the pool's checks
+    and rollbacks), and its wait functions take a timeout (psycopg >= 3.3). When it expires, the
+    protocol is somewhere in the middle of an exchange and the connection cannot be reused: it is
+    closed (the pool sees it closed and opens another) and a plain OperationalError is raised.
+    """
+
+    deadline_seconds: float | None = None
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if timeout is not None or self.deadline_seconds is None:
+            return super().wait(gen, interval, timeout)
+        try:
+            return super().wait(gen, interval, self.deadline_seconds)
+        except psycopg.errors._WaitTimeout:  # psycopg's own (private) class for an expired wait
+            self.pgconn.finish()
+            log.warning("PostgreSQL did not answer within %.2f s; connection dropped", self.deadline_seconds)
+            raise psycopg.OperationalError(
+                f"PostgreSQL did not answer within {self.deadline_seconds:.2f} s"
+            ) from None
+
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """A shorter deadline for the round trips inside the block (readiness has its own budget)."""
+        saved = self.deadline_seconds
+        self.deadline_seconds = seconds if saved is None else min(saved, seconds)
+        try:
+            yield
+        finally:
+            self.deadline_seconds = saved
+
+
 class _PgDigestScope:
-    def __init__(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+    def __init__(self, conn: _DeadlineConnection) -> None:
         self._conn = conn
 
     def insert(self, new: NewMedia) -> MediaRecord:
@@ -183,33 +237,54 @@ class PgMediaRepository:
 
     def __init__(self, conninfo: str, *, max_size: int = 8, timeout_seconds: float = 2.0) -> None:
         self._timeout = timeout_seconds
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[dict[str, Any]]] = (
-            psycopg_pool.ConnectionPool(
-                conninfo,
-                min_size=1,
-                max_size=max_size,
-                timeout=timeout_seconds,
-                open=False,
-                reconnect_timeout=0,  # keep trying for ever; readiness reports the outage
-                connection_class=psycopg.Connection[dict[str, Any]],
-                kwargs={
-                    "autocommit": True,
-                    # A cluster created with SQL_ASCII would otherwise hand back bytes for text.
-                    "client_encoding": "utf8",
-                    "row_factory": dict_row,
-                    "connect_timeout": max(1, int(timeout_seconds)),
-                    "options": f"-c statement_timeout={int(max(timeout_seconds, 1) * 5000)}",
-                },
-                name="media",
-            )
+        client_deadline = timeout_seconds + _CLIENT_MARGIN_SECONDS
+
+        def configure(conn: _DeadlineConnection) -> None:
+            conn.deadline_seconds = client_deadline
+
+        self._pool: psycopg_pool.ConnectionPool[_DeadlineConnection] = psycopg_pool.ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=max_size,
+            timeout=timeout_seconds,  # the checkout
+            # Beyond this many requests already waiting for a connection, the next one is refused at
+            # once (503): the queue in front of the pool is bounded, not only by the thread count.
+            max_waiting=4 * max_size,
+            open=False,
+            # A failed connection attempt is retried once at once, then given up: no backoff timer
+            # outlives an outage. The pool grows again on the next request that waits for a
+            # connection, so it recovers as soon as PostgreSQL answers.
+            reconnect_timeout=0,
+            connection_class=_DeadlineConnection,
+            configure=configure,
+            kwargs={
+                "autocommit": True,
+                # A cluster created with SQL_ASCII would otherwise hand back bytes for text.
+                "client_encoding": "utf8",
+                "row_factory": dict_row,
+                "application_name": "media",
+                # libpq counts the whole connection set-up, TLS and authentication included.
+                "connect_timeout": max(2, round(timeout_seconds)),
+                "options": f"-c statement_timeout={round(timeout_seconds * 1000)}",
+                # TCP only (ignored on Unix sockets): notice a peer that vanished, idle or not.
+                "keepalives": 1,
+                "keepalives_idle": max(1, round(2 * timeout_seconds)),
+                "keepalives_interval": max(1, round(timeout_seconds)),
+                "keepalives_count": 3,
+                "tcp_user_timeout": round(2 * client_deadline * 1000),
+            },
+            name="media",
         )
         self._pool.open(wait=False)
         self._checking = threading.Lock()
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    def _conn(self, timeout: float | None = None) -> Iterator[_DeadlineConnection]:
         try:
-            with _unavailable_on_failure(), self._pool.connection(timeout=self._timeout) as conn:
+            with (
+                _unavailable_on_failure(),
+                self._pool.connection(timeout=self._timeout if timeout is None else timeout) as conn,
+            ):
                 yield conn
         except DatabaseUnavailable:
             self._flush_stale_connections()
@@ -333,7 +408,9 @@ class PgMediaRepository:
         return [_record(r) for r in rows]
 
     def ping(self) -> None:
-        with self._conn() as conn:
+        """One round trip, the checkout included, within `timeout_seconds` in all (readiness)."""
+        started = time.monotonic()
+        with self._conn() as conn, conn.deadline(max(0.05, self._timeout - (time.monotonic() - started))):
             conn.execute("SELECT 1")
 
     def close(self) -> None:

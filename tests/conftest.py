@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from werkzeug.test import Client, TestResponse
+from werkzeug.test import Client
 
 from common.config import Config
 from common.migrate import migrate
 from common.services import Services, build_services
-from localdev.router import build_router
 from tests import support
 
 
@@ -62,13 +60,4 @@ def services(config_for: Callable[..., Config]) -> Iterator[Services]:
 @pytest.fixture
 def api(services: Services) -> Client:
     """Every function's handlers behind the local router, in process, with these services."""
-    apps = {name: support.load_routes(name).wsgi_app(lambda: services) for name in support.function_names()}
-    return BufferedClient(build_router(apps))
-
-
-class BufferedClient(Client):
-    """Reads every response whole and closes it, as a WSGI server does (file handles included)."""
-
-    def open(self, *args: Any, **kwargs: Any) -> TestResponse:
-        kwargs.setdefault("buffered", True)
-        return super().open(*args, **kwargs)
+    return support.api_client(services)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -14,8 +15,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from werkzeug.test import Client, TestResponse
+
 from common.config import Config
+from common.services import Services
 from common.web import Routes
+from localdev.router import build_router
 from tests.factories import PRESIGN_SECRET, PUBLIC_BASE, TEST_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +45,20 @@ def load_routes(function: str) -> Routes:
 
 def function_names() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "functions").glob("*/main.py"))
+
+
+class BufferedClient(Client):
+    """Reads every response whole and closes it, as a WSGI server does (file handles included)."""
+
+    def open(self, *args: Any, **kwargs: Any) -> TestResponse:
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+def api_client(services: Services) -> BufferedClient:
+    """Every function's handlers behind the local router, in process, with these services."""
+    apps = {name: load_routes(name).wsgi_app(lambda: services) for name in function_names()}
+    return BufferedClient(build_router(apps))
 
 
 def make_config(data_dir: Path, database_url: str, **overrides: str) -> Config:
@@ -120,6 +139,7 @@ class RunningPostgres:
     handle: Any
     mode: str
     port: int | None = None
+    frozen: bool = False
 
     def stop(self) -> None:
         if self.mode == "docker":
@@ -134,6 +154,34 @@ class RunningPostgres:
             import pgserver
 
             self.handle = pgserver.get_server(self.handle.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+
+    def freeze(self) -> None:
+        """Stop the server's processes without closing a connection: what a failover in progress, a
+        partition without resets or a stuck host look like (`docker pause`; SIGSTOP when embedded)."""
+        if self.mode == "docker":
+            self.handle.get_wrapped_container().pause()
+        else:
+            for pid in self._server_pids():  # the postmaster first: it cannot fork new backends then
+                os.kill(pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if not self.frozen:
+            return
+        if self.mode == "docker":
+            self.handle.get_wrapped_container().unpause()
+        else:
+            for pid in reversed(self._server_pids()):
+                os.kill(pid, signal.SIGCONT)
+        self.frozen = False
+
+    def _server_pids(self) -> list[int]:
+        """The postmaster and its descendants (backends, checkpointer, walwriter...)."""
+        pids = [int(self.handle.get_pid())]
+        for pid in pids:  # grows while it is walked: breadth first
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pids.extend(int(c) for c in (task / "children").read_text().split())
+        return pids
 
 
 @contextmanager

@@ -25,9 +25,7 @@ from common.repository import NewPending
 from common.services import Services, build_services, maintain, upload_label
 from common.signing import UploadGrant, issue_upload_token, sign_download
 from common.tokens import READ, WRITE, Principal
-from localdev.router import build_router
 from tests import support
-from tests.conftest import BufferedClient
 from tests.factories import PUBLIC_BASE, bearer, elf, png, token, upload_body
 
 ORIGIN = "https://recipes.example"
@@ -42,8 +40,7 @@ def cors_services(config_for: Callable[..., Config]) -> Any:
 
 @pytest.fixture
 def capi(cors_services: Services) -> Client:
-    apps = {n: support.load_routes(n).wsgi_app(lambda: cors_services) for n in support.function_names()}
-    return BufferedClient(build_router(apps))
+    return support.api_client(cors_services)
 
 
 def path_of(url: str) -> str:
