@@ -18,6 +18,7 @@ import ctypes
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import threading
@@ -32,6 +33,7 @@ from typing import BinaryIO, Protocol, TypeVar
 from common.problems import BlobMissing, BlobTooLarge, StorageFull
 
 T = TypeVar("T")
+log = logging.getLogger("media.cas")
 
 SNIFF_BYTES = 64 * 1024
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -210,12 +212,19 @@ class LocalBlobStore:
         assert isinstance(writer, LocalBlobWriter)
         staged = writer.finish()
         final = self.path_for(staged.sha256)
-        if final.exists():
+        try:
+            size = final.stat().st_size
+        except FileNotFoundError:
+            size = None
+        if size == staged.size:
             # Dedup: the address already holds these bytes (same digest, same size).
-            if final.stat().st_size != staged.size:
-                raise BlobMissing(f"{final} has the wrong size; refusing to trust it")
             writer.path.unlink(missing_ok=True)
             return
+        if size is not None:
+            # Damaged (truncated, say): the verified new copy replaces it, atomically.
+            log.warning(
+                "blob %s had %d bytes instead of %d; replaced by a new upload", final, size, staged.size
+            )
         created = _makedirs(final.parent)
         _no_space_guard(lambda: os.rename(writer.path, final))
         _fsync_dir(final.parent)

@@ -17,7 +17,9 @@ removed only inside `repository.digest_scope(sha256)`, a lock held across proces
   any more, the blob is unlinked.
 So a delete cannot unlink a blob between an upload's rename and its INSERT, and an upload that
 commits after a delete simply renames its own copy into place again.
-A crash between the two steps leaves at worst an unreferenced blob, never a record without bytes.
+A crash (or a database that stops answering) between the two steps leaves at worst an
+unreferenced blob, never a record without bytes; the maintenance's reconciler removes such blobs
+once they are older than `MEDIA_ORPHAN_GRACE_SECONDS` (see `services.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from common.cas import BlobWriter
 from common.conditional import Content, HeaderLookup, Representation, evaluate
 from common.problems import (
     BadRequest,
+    BlobMissing,
+    Conflict,
     Forbidden,
     NotFound,
 )
@@ -111,14 +115,26 @@ def get(services: Services, principal: Principal, media_id: str) -> MediaRecord:
 
 
 def delete(services: Services, principal: Principal, media_id: str) -> None:
+    """Delete the record and, with its last reference, its blob: both decided under the digest lock.
+
+    The digest is known only from a read made before the lock is held, so the delete is conditional
+    on it: a pending upload that completed meanwhile has a digest now, and the delete starts again
+    under that digest's lock. A digest changes once at most (none, then the content's).
+    """
     require_scope(principal, WRITE)
     record = _visible(services, principal, media_id)
-    digest = record.sha256 or _NO_BLOB
-    with services.repo.digest_scope(digest) as scope:
-        if scope.delete(record.id) is None:
+    for _ in range(3):
+        with services.repo.digest_scope(record.sha256 or _NO_BLOB) as scope:
+            deleted = scope.delete(record.id, record.sha256)
+            if deleted is not None:
+                if deleted.sha256 is not None and scope.references(deleted.sha256) == 0:
+                    services.store.delete(deleted.sha256)
+                return
+        current = services.repo.get(record.id)
+        if current is None:
             raise NotFound("No such media")  # a concurrent delete won
-        if record.sha256 is not None and scope.references(record.sha256) == 0:
-            services.store.delete(record.sha256)
+        record = current
+    raise Conflict("The media changed while it was being deleted; try again")
 
 
 @dataclass(frozen=True)
@@ -203,9 +219,20 @@ def _content(services: Services, record: MediaRecord, method: str, headers: Head
     rep = Representation(etag=record.sha256, last_modified=record.created_at, size=record.size)
     decision = evaluate(method, headers, rep)
     file = None
-    if method == "GET" and decision.status in (200, 206):
-        file = services.store.open(record.sha256)
-        file.seek(decision.start)
+    try:
+        if method == "GET" and decision.status in (200, 206):
+            file = services.store.open(record.sha256)
+            file.seek(decision.start)
+        elif decision.status in (200, 206) and not services.store.exists(record.sha256):
+            raise BlobMissing(record.sha256)  # HEAD must not promise bytes GET cannot send
+    except BlobMissing:
+        log.error(
+            "media %s (owner %s) references blob %s, which the store does not have",
+            record.id,
+            record.owner,
+            record.sha256,
+        )
+        raise
     return Content(rep, decision, file, record.content_type, record.filename)
 
 

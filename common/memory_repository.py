@@ -139,10 +139,13 @@ class _MemoryDigestScope:
             self._repo.claims.discard(media_id)
             return done
 
-    def delete(self, media_id: uuid.UUID) -> MediaRecord | None:
+    def delete(self, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
         self._repo._check()
         with self._repo._guard:
-            return self._repo.rows.pop(media_id, None)
+            record = self._repo.rows.get(media_id)
+            if record is None or record.sha256 != sha256:
+                return None
+            return self._repo.rows.pop(media_id)
 
     def references(self, sha256: str) -> int:
         self._repo._check()

@@ -133,6 +133,12 @@ class InsufficientStorage(Problem):
     status, slug, title = 507, "insufficient-storage", "Insufficient storage"
 
 
+class StoredContentMissing(Problem):
+    """A record whose bytes the store does not have: a fault on our side, named and logged."""
+
+    status, slug, title = 500, "blob-missing", "The stored content is missing"
+
+
 # --- Domain exceptions raised by adapters; translated by `to_problem`. -------------------------------
 
 
@@ -158,6 +164,10 @@ class MalformedUpload(MediaError):
 
 class BlobMissing(MediaError):
     """A record points at bytes the store does not have (never expected; logged loudly)."""
+
+    def __init__(self, sha256: str) -> None:
+        super().__init__(f"no blob {sha256}")
+        self.sha256 = sha256
 
 
 class UploadMismatch(MediaError):
@@ -188,6 +198,11 @@ def to_problem(exc: BaseException) -> Problem:
         return UnsupportedMediaType(str(exc)) if exc.unsupported_type else BadRequest(str(exc))
     if isinstance(exc, MalformedUpload):
         return BadRequest(str(exc))
+    if isinstance(exc, BlobMissing):
+        return StoredContentMissing(
+            "This media's bytes are missing from the store; the operators have been told (logged)",
+            sha256=exc.sha256,
+        )
     if isinstance(exc, StorageFull):
         return InsufficientStorage("The storage volume is full; nothing was stored")
     if isinstance(exc, DatabaseUnavailable):

@@ -92,7 +92,8 @@ class DigestScope(Protocol):
     def complete(self, media_id: uuid.UUID, sha256: str, size: int) -> MediaRecord | None:
         """pending -> ready; None when the record is no longer pending (cleaned up, or finished)."""
 
-    def delete(self, media_id: uuid.UUID) -> MediaRecord | None: ...
+    def delete(self, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
+        """Delete the record if it still has digest `sha256` (None: no bytes yet); else None."""
 
     def references(self, sha256: str) -> int: ...
 
@@ -215,11 +216,12 @@ class _PgDigestScope:
             ).fetchone()
         return _record(row) if row else None
 
-    def delete(self, media_id: uuid.UUID) -> MediaRecord | None:
+    def delete(self, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
         with _unavailable_on_failure(), self._conn.transaction():
             row = self._conn.execute(
-                f"DELETE FROM media WHERE id = %s RETURNING {_COLUMNS}",  # noqa: S608
-                (media_id,),
+                "DELETE FROM media WHERE id = %s AND sha256 IS NOT DISTINCT FROM %s"  # noqa: S608
+                f" RETURNING {_COLUMNS}",
+                (media_id, sha256),
             ).fetchone()
         return _record(row) if row else None
 

@@ -19,6 +19,7 @@ from werkzeug.test import Client, TestResponse
 
 from common.config import Config
 from common.services import Services
+from common.tokens import Principal
 from common.web import Routes
 from localdev.router import build_router
 from tests.factories import PRESIGN_SECRET, PUBLIC_BASE, TEST_SECRET
@@ -219,3 +220,44 @@ def _stop_embedded(server: Any) -> None:
     closed the stream its log handler writes to)."""
     server.cleanup()
     atexit.unregister(server._cleanup)
+
+
+def delete_racing_a_completion(services: Services, owner: Principal, data: bytes) -> str:
+    """Delete a pending upload whose bytes arrive between the delete's first read and its lock.
+
+    The repository's `digest_scope` is wrapped so that the first scope the delete opens (the one
+    for "no bytes yet") lets the upload complete first, as a concurrent PUT would. Returns the
+    digest of the bytes; the caller checks what is left of them.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from common import media
+    from common.repository import NewPending
+
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    pending = services.repo.create_pending(
+        NewPending(owner.subject, "racing.png", "image/png", len(data), None, expires)
+    )
+    original = services.repo.digest_scope
+    digest: list[str] = []
+
+    def complete_first(sha256: str) -> Any:
+        if not digest:
+            with services.store.writer(len(data)) as writer:
+                writer.write(data)
+                staged = writer.finish()
+                digest.append(staged.sha256)
+                media.commit_blob(
+                    services,
+                    writer,
+                    staged.sha256,
+                    lambda scope: scope.complete(pending.id, staged.sha256, staged.size) or pending,
+                )
+        return original(sha256)
+
+    services.repo.digest_scope = complete_first  # type: ignore[method-assign]
+    try:
+        media.delete(services, owner, str(pending.id))
+    finally:
+        services.repo.digest_scope = original  # type: ignore[method-assign]
+    return digest[0]

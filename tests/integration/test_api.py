@@ -65,6 +65,25 @@ def test_identical_bytes_twice_keep_one_blob(api: Client, services: Services) ->
     assert len(blobs(services)) == 1
 
 
+def test_a_record_whose_blob_is_missing_answers_a_named_problem_and_is_logged(
+    api: Client, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    tok = token()
+    doc = post_file(api, tok, png()).get_json()
+    (blob,) = blobs(services)
+    blob.unlink()  # what an operator's mistake or a damaged volume does
+    for method in ("GET", "HEAD"):
+        resp = api.open(f"/media/{doc['id']}/content", method=method, headers=bearer(tok))
+        assert resp.status_code == 500
+        assert resp.headers["Content-Type"] == "application/problem+json"
+        if method == "GET":
+            problem = resp.get_json()
+            assert problem["type"].endswith("/blob-missing") and problem["sha256"] == doc["sha256"]
+    logged = [r for r in caplog.records if r.levelname == "ERROR" and doc["sha256"] in r.getMessage()]
+    assert logged and doc["id"] in logged[0].getMessage()
+    assert api.get(f"/media/{doc['id']}", headers=bearer(tok)).status_code == 200  # metadata still there
+
+
 def test_an_executable_named_png_is_415(api: Client, services: Services) -> None:
     doc = assert_problem(post_file(api, token(), elf(), "x.png"), 415)
     assert "image/png" not in doc["detected_type"]

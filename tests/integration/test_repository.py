@@ -17,7 +17,7 @@ from common.repository import ListQuery, NewMedia, NewPending, PgMediaRepository
 from common.services import Services
 from common.tokens import READ, WRITE, Principal
 from tests.factories import png, upload_body
-from tests.support import RunningPostgres
+from tests.support import RunningPostgres, delete_racing_a_completion
 
 
 def new(owner: str, sha: str | None = None) -> NewMedia:
@@ -89,6 +89,13 @@ def test_a_delete_racing_an_upload_of_the_same_bytes_never_strands_a_record(serv
         assert services.store.exists(survivor.sha256), "a ready record lost its bytes"
         media.delete(services, alice, str(survivor.id))
         assert not services.store.exists(survivor.sha256)
+
+
+def test_a_delete_racing_the_completion_of_its_upload_leaves_no_orphan(services: Services) -> None:
+    alice = Principal("alice-" + uuid.uuid4().hex[:8], frozenset({READ, WRITE}))
+    digest = delete_racing_a_completion(services, alice, png())
+    assert services.repo.list_media(ListQuery(owner=alice.subject, limit=10)) == []
+    assert not services.store.exists(digest)
 
 
 def test_an_unreachable_database_fails_fast_as_unavailable() -> None:

@@ -78,6 +78,16 @@ def test_delete_and_missing(tmp_path: Path) -> None:
         store.open(digest)
 
 
+def test_a_damaged_blob_is_replaced_by_the_next_upload_of_its_bytes(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    digest = store_bytes(store, b"the right bytes")
+    store.path_for(digest).write_bytes(b"the ri")  # truncated on the volume
+    assert store_bytes(store, b"the right bytes") == digest
+    with store.open(digest) as f:
+        assert f.read() == b"the right bytes"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "A" * 64, "ab", "g" * 64])
 def test_paths_come_from_digests_only(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="SHA-256"):

@@ -17,6 +17,7 @@ from common.services import Services
 from common.signing import KeyRing
 from common.tokens import ADMIN, READ, WRITE, HS256Verifier, Principal
 from tests.factories import PRESIGN_SECRET, TEST_SECRET, elf, jpeg, pdf, png, upload_body
+from tests.support import delete_racing_a_completion
 
 ALICE = Principal("alice", frozenset({READ, WRITE}))
 BOB = Principal("bob", frozenset({READ, WRITE}))
@@ -84,6 +85,12 @@ def test_delete_keeps_shared_bytes_until_the_last_reference(svc: Services) -> No
         media.delete(svc, ALICE, str(second.id))  # not Alice's
     media.delete(svc, BOB, str(second.id))
     assert not svc.store.exists(first.sha256)
+
+
+def test_a_delete_racing_the_completion_of_its_upload_leaves_no_orphan(svc: Services) -> None:
+    digest = delete_racing_a_completion(svc, ALICE, png())
+    assert svc.repo.list_media(ListQuery(owner=None, limit=10)) == []
+    assert not svc.store.exists(digest)
 
 
 def test_listing_pages_newest_first_with_a_cursor(svc: Services) -> None:
