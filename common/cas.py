@@ -5,7 +5,12 @@ filesystem, so the final move is a rename). Paths are built from the digest alon
 anything a client sent.
 
 Write path: `BlobWriter.write` counts, hashes and keeps the first `SNIFF_BYTES` while it writes to
-the temp file, and raises `BlobTooLarge` the moment the limit is passed. `commit` fsyncs the
+the temp file, and raises `BlobTooLarge` the moment the limit is passed. A writer holds an
+exclusive `flock` on its temp file for as long as it lives, so the sweeper (in any process
+sharing the volume) leaves the file of a live upload alone however long its client pauses, and
+removes the files of writers that died (the kernel drops their locks). Linux's NFS client maps
+`flock` to NFS byte-range locks, which are per process: a process's own live writers are
+therefore also remembered in memory. `commit` fsyncs the
 file, renames it to its address (or drops it when the address already holds the same bytes:
 dedup) and fsyncs the directory. Who may commit or delete a digest, and when, is decided by the
 caller under the repository's per-digest lock (see `media.py`).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import io
 import logging
@@ -155,6 +161,7 @@ class LocalBlobWriter(_Hashing):
         super().__init__(max_bytes)
         self.path = path
         self._file: BinaryIO | None = _no_space_guard(lambda: open(path, "xb"))  # noqa: SIM115
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
         self._synced_to = 0
         self.staged: StagedBlob | None = None
 
@@ -194,6 +201,8 @@ class LocalBlobStore:
         self.tmp = root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._live: set[Path] = set()  # this process's writers (see the module's docstring)
+        self._live_lock = threading.Lock()
 
     def path_for(self, sha256: str) -> Path:
         check_digest(sha256)
@@ -202,11 +211,18 @@ class LocalBlobStore:
     @contextmanager
     def writer(self, max_bytes: int, label: str = "upload") -> Iterator[BlobWriter]:
         """A temp file on the volume; removed on the way out unless `commit` moved it."""
-        w = LocalBlobWriter(self.tmp / f"{_check_label(label)}--{uuid.uuid4().hex}.part", max_bytes)
+        path = self.tmp / f"{_check_label(label)}--{uuid.uuid4().hex}.part"
+        with self._live_lock:
+            self._live.add(path)
         try:
-            yield w
+            w = LocalBlobWriter(path, max_bytes)
+            try:
+                yield w
+            finally:
+                w.discard()
         finally:
-            w.discard()
+            with self._live_lock:
+                self._live.discard(path)
 
     def commit(self, writer: BlobWriter) -> None:
         assert isinstance(writer, LocalBlobWriter)
@@ -246,24 +262,39 @@ class LocalBlobStore:
         _fsync_dir(path.parent)
 
     def sweep_temp(self, max_age_seconds: float) -> int:
-        """Remove temp files untouched for `max_age_seconds` (writers touch theirs on every write)."""
+        """Remove temp files untouched for `max_age_seconds` whose writer is gone."""
         cutoff = time.time() - max_age_seconds
         removed = 0
         for entry in os.scandir(self.tmp):
             try:
                 if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
+                    removed += self._remove_abandoned(Path(entry.path))
             except FileNotFoundError:
                 continue  # finished or swept by another process meanwhile
         return removed
 
     def remove_temp(self, label: str) -> int:
-        removed = 0
-        for path in self.tmp.glob(f"{_check_label(label)}--*.part"):
+        """Remove the temp files of `label` whose writer is gone (a live one removes its own)."""
+        return sum(self._remove_abandoned(p) for p in self.tmp.glob(f"{_check_label(label)}--*.part"))
+
+    def _remove_abandoned(self, path: Path) -> int:
+        """Unlink `path` unless a live writer holds it: 1 if removed, else 0."""
+        with self._live_lock:
+            if path in self._live:
+                return 0
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # a writer in another process is alive
+        else:
             path.unlink(missing_ok=True)
-            removed += 1
-        return removed
+            return 1
+        finally:
+            os.close(fd)
 
     def check_writable(self) -> None:
         probe = self.tmp / f"ready-{uuid.uuid4().hex}.probe"

@@ -90,7 +90,11 @@ VARIABLES: tuple[Variable, ...] = (
         "2",
         "Wait for a pool connection, and for each round trip on it, before 503; readiness in all",
     ),
-    Variable("MEDIA_TEMP_MAX_AGE_SECONDS", "3600", "Temp files untouched this long are swept as abandoned"),
+    Variable(
+        "MEDIA_TEMP_MAX_AGE_SECONDS",
+        "3600",
+        "Temp files untouched this long are swept, unless their writer is alive (it holds a lock)",
+    ),
     Variable("MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", "600", "How often each process sweeps stale temp files"),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
 )

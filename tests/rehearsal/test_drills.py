@@ -116,6 +116,35 @@ def test_kill_9_of_an_upload_process_mid_upload_loses_nothing_and_the_retry_succ
     assert json.loads(body)["sha256"] == retry.sha256
 
 
+def test_an_upload_whose_client_pauses_past_the_sweep_age_keeps_its_temp_file_and_completes(
+    rehearsal: Rehearsal,
+) -> None:
+    """Both upload replicas sweep every second files untouched for 3 s; this client pauses 5 s."""
+    big = GeneratedFile(8 * MiB)
+
+    def pausing(chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for i, chunk in enumerate(chunks):
+            if i == 4:
+                temp = wait_for(
+                    lambda: next(iter(rehearsal.temp_files()), None), 10, "no temp file on the volume"
+                )
+                time.sleep(5)
+                assert temp.exists(), "the sweeper removed a live upload's temp file"
+            yield chunk
+
+    status, body, _ = send(
+        rehearsal.base,
+        "POST",
+        "/media",
+        {**bearer(token()), "Content-Type": MULTIPART_CONTENT_TYPE},
+        pausing(multipart_stream(big)),
+        multipart_length(big),
+    )
+    assert status == 201, body[:300]
+    assert json.loads(body)["sha256"] == big.sha256
+    assert rehearsal.temp_files() == []
+
+
 def test_restarting_the_download_function_leaves_uploads_in_flight_alone(rehearsal: Rehearsal) -> None:
     tok = token()
     data = png()

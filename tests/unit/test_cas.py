@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +109,50 @@ def test_sweep_removes_only_stale_temp_files(tmp_path: Path) -> None:
     assert fresh.exists()
     assert store.sweep_temp(0) == 1
     assert not fresh.exists()
+
+
+def test_the_sweep_leaves_the_file_of_a_live_writer_alone_however_old(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    old = time.time() - 7200
+    with store.writer(100) as w:
+        w.write(b"abc")
+        (part,) = (tmp_path / "tmp").iterdir()
+        os.utime(part, (old, old))  # its client paused for two hours
+        assert store.sweep_temp(3600) == 0  # this process knows its own writers
+        assert LocalBlobStore(tmp_path).sweep_temp(3600) == 0  # and the writer's lock says so to others
+        assert store.remove_temp("upload") == 0
+        w.write(b"def")
+        staged = w.finish()
+        store.commit(w)
+    with store.open(staged.sha256) as f:
+        assert f.read() == b"abcdef"
+
+
+def test_the_sweep_removes_the_file_of_a_writer_that_died(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path)
+    part = tmp_path / "tmp" / "upload--elsewhere.part"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'xb'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " print('locked', flush=True); time.sleep(60)",
+            str(part),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        old = time.time() - 7200
+        os.utime(part, (old, old))
+        assert store.sweep_temp(3600) == 0  # another process's writer, alive
+    finally:
+        holder.kill()
+        holder.wait(5)
+        holder.stdout.close()
+    assert store.sweep_temp(3600) == 1  # dead: the kernel dropped its lock
+    assert not part.exists()
 
 
 def test_check_writable_leaves_nothing_behind(tmp_path: Path) -> None:
