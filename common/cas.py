@@ -92,6 +92,9 @@ class BlobStore(Protocol):
 
     def delete(self, sha256: str) -> None: ...
 
+    def blobs_older_than(self, seconds: float) -> Iterator[str]:
+        """The digests of the blobs stored (or last replaced) more than `seconds` ago."""
+
     def sweep_temp(self, max_age_seconds: float) -> int: ...
 
     def check_writable(self) -> None: ...
@@ -261,6 +264,19 @@ class LocalBlobStore:
         path.unlink(missing_ok=True)
         _fsync_dir(path.parent)
 
+    def blobs_older_than(self, seconds: float) -> Iterator[str]:
+        # The rename into place sets the ctime: it is when the blob got its address.
+        cutoff = time.time() - seconds
+        for outer in _subdirs(self.blobs):
+            for inner in _subdirs(Path(outer)):
+                for entry in _entries(Path(inner)):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if _DIGEST.match(entry.name) and max(st.st_mtime, st.st_ctime) <= cutoff:
+                        yield entry.name
+
     def sweep_temp(self, max_age_seconds: float) -> int:
         """Remove temp files untouched for `max_age_seconds` whose writer is gone."""
         cutoff = time.time() - max_age_seconds
@@ -305,6 +321,18 @@ class LocalBlobStore:
                 os.fsync(f.fileno())
         finally:
             probe.unlink(missing_ok=True)
+
+
+def _entries(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except FileNotFoundError:  # removed meanwhile
+        return []
+
+
+def _subdirs(path: Path) -> list[str]:
+    return [e.path for e in _entries(path) if e.is_dir(follow_symlinks=False)]
 
 
 def _makedirs(path: Path) -> list[Path]:
@@ -356,6 +384,7 @@ class MemoryBlobWriter(_Hashing):
 class InMemoryBlobStore:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.stored_at: dict[str, float] = {}
         self._lock = threading.Lock()
 
     @contextmanager
@@ -366,7 +395,9 @@ class InMemoryBlobStore:
         assert isinstance(writer, MemoryBlobWriter)
         staged = writer.finish()
         with self._lock:
-            self.blobs.setdefault(staged.sha256, bytes(writer.buffer))
+            if staged.sha256 not in self.blobs:
+                self.blobs[staged.sha256] = bytes(writer.buffer)
+                self.stored_at[staged.sha256] = time.time()
 
     def open(self, sha256: str) -> BinaryIO:
         try:
@@ -380,6 +411,13 @@ class InMemoryBlobStore:
     def delete(self, sha256: str) -> None:
         with self._lock:
             self.blobs.pop(check_digest(sha256), None)
+            self.stored_at.pop(sha256, None)
+
+    def blobs_older_than(self, seconds: float) -> Iterator[str]:
+        cutoff = time.time() - seconds
+        with self._lock:
+            old = [d for d, at in self.stored_at.items() if at <= cutoff]
+        yield from old
 
     def sweep_temp(self, max_age_seconds: float) -> int:
         return 0

@@ -96,6 +96,11 @@ VARIABLES: tuple[Variable, ...] = (
         "Temp files untouched this long are swept, unless their writer is alive (it holds a lock)",
     ),
     Variable("MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", "600", "How often each process sweeps stale temp files"),
+    Variable(
+        "MEDIA_ORPHAN_GRACE_SECONDS",
+        "3600",
+        "A blob no record references is removed once it is this old (the reconciler)",
+    ),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
 )
 
@@ -182,6 +187,7 @@ class Config:
     db_timeout_seconds: float
     temp_max_age_seconds: int
     temp_sweep_interval_seconds: int
+    orphan_grace_seconds: int
     log_level: str
 
     @property
@@ -214,6 +220,7 @@ class Config:
             db_timeout_seconds=_float(env, "MEDIA_DB_TIMEOUT_SECONDS"),
             temp_max_age_seconds=_int(env, "MEDIA_TEMP_MAX_AGE_SECONDS"),
             temp_sweep_interval_seconds=_int(env, "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", minimum=1),
+            orphan_grace_seconds=_int(env, "MEDIA_ORPHAN_GRACE_SECONDS"),
             log_level=(_get(env, "MEDIA_LOG_LEVEL") or "INFO").upper(),
         )
 

@@ -7,8 +7,9 @@ lock is a `threading.Lock` instead of a PostgreSQL advisory lock.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ class InMemoryMediaRepository:
         self._guard = threading.Lock()
         self.claims: set[uuid.UUID] = set()
         self.declared: dict[uuid.UUID, str | None] = {}
+        self.task_runs: dict[str, float] = {}
         self.available = True
 
     def _check(self) -> None:
@@ -56,6 +58,34 @@ class InMemoryMediaRepository:
             lock = self._locks.setdefault(sha256, threading.Lock())
         with lock:
             yield _MemoryDigestScope(self)
+
+    @contextmanager
+    def try_digest_scope(self, sha256: str) -> Iterator[DigestScope | None]:
+        self._check()
+        with self._guard:
+            lock = self._locks.setdefault(sha256, threading.Lock())
+        if not lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            yield _MemoryDigestScope(self)
+        finally:
+            lock.release()
+
+    def referenced(self, digests: Sequence[str]) -> set[str]:
+        self._check()
+        wanted = set(digests)
+        return {r.sha256 for r in self.rows.values() if r.sha256 in wanted}
+
+    def claim_task(self, task: str, every_seconds: float) -> bool:
+        self._check()
+        now = time.monotonic()
+        with self._guard:
+            last = self.task_runs.get(task)
+            if last is not None and now - last < every_seconds:
+                return False
+            self.task_runs[task] = now
+            return True
 
     def create_pending(self, new: NewPending) -> MediaRecord:
         self._check()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from common.maintenance import upload_label
 from common.media import commit_blob
 from common.problems import (
     BadRequest,
@@ -25,7 +26,7 @@ from common.problems import (
     UploadMismatch,
 )
 from common.repository import DigestScope, MediaRecord, NewPending
-from common.services import Services, upload_label
+from common.services import Services
 from common.signing import UploadGrant, issue_upload_token, read_upload_token
 from common.sniff import detect
 from common.tokens import WRITE, Principal, require_scope

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +104,15 @@ class MediaRepository(Protocol):
     def list_media(self, query: ListQuery) -> list[MediaRecord]: ...
 
     def digest_scope(self, sha256: str) -> AbstractContextManager[DigestScope]: ...
+
+    def try_digest_scope(self, sha256: str) -> AbstractContextManager[DigestScope | None]:
+        """The digest's lock if it is free right now, else None (nothing waits)."""
+
+    def referenced(self, digests: Sequence[str]) -> set[str]:
+        """Which of `digests` some record references."""
+
+    def claim_task(self, task: str, every_seconds: float) -> bool:
+        """True for one caller per `every_seconds` across all processes (maintenance rounds)."""
 
     def create_pending(self, new: NewPending) -> MediaRecord: ...
 
@@ -354,6 +363,37 @@ class PgMediaRepository:
                 # If the connection broke, the session (and its lock) is gone anyway.
                 if not conn.closed and not conn.broken:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sha256),))
+
+    @contextmanager
+    def try_digest_scope(self, sha256: str) -> Iterator[DigestScope | None]:
+        with self._conn() as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (_lock_key(sha256),)).fetchone()
+            if row is None or not row["locked"]:
+                yield None
+                return
+            try:
+                yield _PgDigestScope(conn)
+            finally:
+                if not conn.closed and not conn.broken:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sha256),))
+
+    def referenced(self, digests: Sequence[str]) -> set[str]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT sha256 FROM media WHERE sha256 = ANY(%s)", (list(digests),)
+            ).fetchall()
+        return {str(r["sha256"]) for r in rows}
+
+    def claim_task(self, task: str, every_seconds: float) -> bool:
+        with self._conn() as conn:
+            row = conn.execute(
+                "INSERT INTO maintenance_rounds (task, last_run) VALUES (%s, clock_timestamp())"
+                " ON CONFLICT (task) DO UPDATE SET last_run = clock_timestamp()"
+                " WHERE maintenance_rounds.last_run < clock_timestamp() - make_interval(secs => %s)"
+                " RETURNING task",
+                (task, every_seconds),
+            ).fetchone()
+        return row is not None
 
     def create_pending(self, new: NewPending) -> MediaRecord:
         with self._conn() as conn:

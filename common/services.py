@@ -12,12 +12,12 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.cas import BlobStore, LocalBlobStore
 from common.config import Config
+from common.maintenance import start_maintenance
 from common.repository import MediaRepository, PgMediaRepository
 from common.signing import KeyRing
 from common.tokens import HS256Verifier, TokenVerifier
@@ -51,51 +51,8 @@ def build_services(config: Config, *, background: bool = True) -> Services:
     keys = KeyRing(config.require_presign_secret(), config.presign_previous_secret)
     services = Services(config=config, store=store, repo=repo, verifier=verifier, keys=keys)
     if background:
-        start_maintenance(services)
+        start_maintenance(config, store, repo)
     return services
-
-
-def maintain(services: Services) -> None:
-    """One round of housekeeping; safe to run from every process at once.
-
-    - temp files untouched for `temp_max_age_seconds` are abandoned (uploads in flight in other
-      processes sharing the volume keep touching theirs);
-    - pending uploads whose URL expired more than `pending_grace_seconds` ago are removed, with
-      the temp file of an upload that died on the way.
-    """
-    config = services.config
-    removed = services.store.sweep_temp(config.temp_max_age_seconds)
-    if removed:
-        log.info("swept %d abandoned temp file(s)", removed)
-    for record in services.repo.remove_expired_pending(config.pending_grace_seconds):
-        services.store.remove_temp(upload_label(record.id))
-        log.info("removed expired pending upload %s", record.id)
-
-
-def upload_label(media_id: uuid.UUID) -> str:
-    """The temp-file label of a presigned upload, so the cleanup can find what it left behind."""
-    return f"put-{media_id}"
-
-
-def start_maintenance(services: Services) -> threading.Event:
-    """Run `maintain` at start-up and then every `temp_sweep_interval_seconds`, in a daemon thread.
-
-    Setting the returned event stops it.
-    """
-    stop = threading.Event()
-
-    def loop() -> None:
-        while True:
-            try:
-                maintain(services)
-            except Exception:  # the database may be away; next round
-                log.exception("maintenance failed; will retry")
-            if stop.wait(services.config.temp_sweep_interval_seconds):
-                return
-
-    thread = threading.Thread(target=loop, name="media-maintenance", daemon=True)
-    thread.start()
-    return stop
 
 
 class ServiceProvider:

@@ -20,9 +20,10 @@ from werkzeug.test import Client, TestResponse
 
 from common import presigned
 from common.config import Config
+from common.maintenance import maintain, upload_label
 from common.problems import Conflict
 from common.repository import NewPending
-from common.services import Services, build_services, maintain, upload_label
+from common.services import Services, build_services
 from common.signing import UploadGrant, issue_upload_token, sign_download
 from common.tokens import READ, WRITE, Principal
 from tests import support
@@ -189,7 +190,7 @@ def test_cleanup_removes_stale_pending_records_and_their_temp_files(services: Se
     fresh = services.repo.create_pending(NewPending(owner, "b.png", "image/png", 10, None, datetime.now(UTC)))
     leftover = services.config.cas_root / "tmp" / f"{upload_label(stale.id)}--deadbeef.part"
     leftover.write_bytes(b"half an upload")
-    maintain(services)
+    maintain(services.config, services.store, services.repo)
     assert services.repo.get(stale.id) is None
     assert not leftover.exists()
     assert services.repo.get(fresh.id) is not None

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from common.cas import LocalBlobStore
 from common.config import Config
+from common.maintenance import start_maintenance
 from common.memory_repository import InMemoryMediaRepository
-from common.services import ServiceProvider, Services, start_maintenance
+from common.services import ServiceProvider, Services
 from common.signing import KeyRing
 from common.tokens import HS256Verifier
 from tests.factories import PRESIGN_SECRET, TEST_SECRET
@@ -30,7 +31,7 @@ def test_the_sweeper_removes_stale_temp_files_at_start_and_then_periodically(tmp
     os.utime(stale, (time.time() - 120, time.time() - 120))
     live = tmp_path / "tmp" / "upload-in-flight.part"
     live.write_bytes(b"y")
-    stop = start_maintenance(services)
+    stop = start_maintenance(services.config, services.store, services.repo)
     try:
         deadline = time.monotonic() + 5
         while stale.exists() and time.monotonic() < deadline:

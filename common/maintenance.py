@@ -1,0 +1,91 @@
+"""Housekeeping that every process runs in the background, safe to run from all of them at once.
+
+Each round:
+- temp files untouched for `temp_max_age_seconds` whose writer is gone are removed (a live upload
+  holds a lock on its file, see `cas.py`);
+- pending uploads whose URL expired more than `pending_grace_seconds` ago are removed, with the
+  temp file of an upload that died on the way;
+- once per `temp_sweep_interval_seconds` across all processes (one of them wins the round in the
+  database), the store is reconciled with the table: a blob that no record references and that is
+  older than `orphan_grace_seconds` is removed under its digest lock. Such blobs are what a crash,
+  or a database that stopped answering, between an upload's rename and its INSERT leaves behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+
+from common.cas import BlobStore
+from common.config import Config
+from common.repository import MediaRepository
+
+log = logging.getLogger("media.maintenance")
+
+RECONCILE_TASK = "reconcile-orphans"
+_BATCH = 500
+
+
+def upload_label(media_id: uuid.UUID) -> str:
+    """The temp-file label of a presigned upload, so the cleanup can find what it left behind."""
+    return f"put-{media_id}"
+
+
+def maintain(config: Config, store: BlobStore, repo: MediaRepository) -> None:
+    """One round of housekeeping (see the module's docstring)."""
+    removed = store.sweep_temp(config.temp_max_age_seconds)
+    if removed:
+        log.info("swept %d abandoned temp file(s)", removed)
+    for record in repo.remove_expired_pending(config.pending_grace_seconds):
+        store.remove_temp(upload_label(record.id))
+        log.info("removed expired pending upload %s", record.id)
+    if repo.claim_task(RECONCILE_TASK, config.temp_sweep_interval_seconds):
+        orphans = reconcile_orphans(store, repo, config.orphan_grace_seconds)
+        if orphans:
+            log.info("removed %d orphan blob(s) no record referenced", orphans)
+
+
+def reconcile_orphans(store: BlobStore, repo: MediaRepository, grace_seconds: float) -> int:
+    """Remove the blobs older than `grace_seconds` that no record references; return how many.
+
+    Each candidate is decided under its digest lock, taken without waiting: a digest whose lock is
+    held belongs to an upload (or a delete) committing right now and is left for the next round.
+    Under the lock, an upload of the same bytes cannot be between its rename and its INSERT.
+    """
+    removed = 0
+    candidates = store.blobs_older_than(grace_seconds)
+    while batch := list(itertools.islice(candidates, _BATCH)):
+        referenced = repo.referenced(batch)
+        for digest in batch:
+            if digest in referenced:
+                continue
+            with repo.try_digest_scope(digest) as scope:
+                if scope is None or scope.references(digest) > 0:
+                    continue
+                store.delete(digest)
+                removed += 1
+                log.warning("removed orphan blob %s: no record references it", digest)
+    return removed
+
+
+def start_maintenance(config: Config, store: BlobStore, repo: MediaRepository) -> threading.Event:
+    """Run `maintain` at start-up and then every `temp_sweep_interval_seconds`, in a daemon thread.
+
+    Setting the returned event stops it.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            try:
+                maintain(config, store, repo)
+            except Exception:  # the database may be away; next round
+                log.exception("maintenance failed; will retry")
+            if stop.wait(config.temp_sweep_interval_seconds):
+                return
+
+    thread = threading.Thread(target=loop, name="media-maintenance", daemon=True)
+    thread.start()
+    return stop
