@@ -6,15 +6,19 @@ this module; `to_problem` translates them at the edge, in one table.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import re
+from http import HTTPStatus
+from typing import Any
 
 PROBLEM_BASE = "https://media.recipes.example/problems/"
 
 
 class Problem(Exception):
-    status: ClassVar[int] = 500
-    slug: ClassVar[str] = "internal-error"
-    title: ClassVar[str] = "Internal server error"
+    """An error with its HTTP status. Subclasses fix `status`, `slug` and `title`."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal server error"
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)
@@ -83,6 +87,10 @@ class MethodNotAllowed(Problem):
         return {"Allow": ", ".join(self.allowed)}
 
 
+class RequestTimeout(Problem):
+    status, slug, title = 408, "request-timeout", "Request timeout"
+
+
 class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
 
@@ -129,6 +137,35 @@ class ServiceUnavailable(Problem):
         return {"Retry-After": "2"}
 
 
+class HttpProblem(Problem):
+    """Any other HTTP status, raised by the serving stack rather than by our code (431, 501...)."""
+
+    def __init__(self, status: int, detail: str | None = None, headers: dict[str, str] | None = None) -> None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Bad request" if status < 500 else "Internal server error"
+        self.status = status
+        self.title = phrase[:1] + phrase[1:].lower()
+        self.slug = re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-")
+        super().__init__(detail)
+        self._headers = headers or {}
+
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+
+def problem_for_status(
+    status: int, detail: str | None = None, headers: dict[str, str] | None = None
+) -> Problem:
+    """The problem for an HTTP status: our own class where there is one, so the type URI is the same
+    whoever raised it (our handlers, the framework, the server)."""
+    known = _BY_STATUS.get(status)
+    if known is not None and not headers:
+        return known(detail)
+    return HttpProblem(status, detail, headers)
+
+
 class InsufficientStorage(Problem):
     status, slug, title = 507, "insufficient-storage", "Insufficient storage"
 
@@ -137,6 +174,23 @@ class StoredContentMissing(Problem):
     """A record whose bytes the store does not have: a fault on our side, named and logged."""
 
     status, slug, title = 500, "blob-missing", "The stored content is missing"
+
+
+_SIMPLE: tuple[type[Problem], ...] = (
+    BadRequest,
+    NotFound,
+    RequestTimeout,
+    Conflict,
+    Gone,
+    LengthRequired,
+    PreconditionFailed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnprocessableContent,
+    ServiceUnavailable,
+    InsufficientStorage,
+)
+_BY_STATUS: dict[int, type[Problem]] = {cls.status: cls for cls in _SIMPLE}
 
 
 # --- Domain exceptions raised by adapters; translated by `to_problem`. -------------------------------

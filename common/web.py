@@ -27,13 +27,13 @@ from werkzeug.wsgi import wrap_file
 from common import cors, logs, routing
 from common.conditional import Content
 from common.problems import (
-    BadRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     Problem,
     UnprocessableContent,
     UnsupportedMediaType,
+    problem_for_status,
     to_problem,
 )
 from common.services import Services
@@ -218,10 +218,17 @@ class Routes:
         try:
             response = self._handle(request, provider)
         except Exception as exc:
-            problem = to_problem(exc)
+            problem = problem_of(exc)
             if type(problem) is Problem:
                 log.exception("unhandled error on %s %s", request.method, request.path)
             response = problem_response(problem, request)
+        if not response.is_streamed:
+            # functions-framework reads the whole request body after a non-streamed response (see
+            # `problem_response`): a 204 to a DELETE sent with a gigabyte body would buffer it all.
+            body = response.get_data()
+            response.response = iter([body])
+            if "Content-Length" not in response.headers and response.status_code not in (204, 304):
+                response.headers["Content-Length"] = str(len(body))
         response.headers["X-Request-ID"] = request_id_of(request)
         services = request.environ.get("media.services")
         if isinstance(services, Services) and "Access-Control-Allow-Origin" not in response.headers:
@@ -301,9 +308,20 @@ def register_preflights(routes: Routes) -> None:
         routes.operation(route.operation_id)(preflight)
 
 
+def problem_of(exc: BaseException) -> Problem:
+    """The problem the client sees for any exception; Werkzeug's HTTP errors keep their status and
+    headers (`Allow` of a 405, say)."""
+    if isinstance(exc, WzMethodNotAllowed):
+        return MethodNotAllowed(sorted(exc.valid_methods or []))
+    if isinstance(exc, HTTPException):
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
+        return problem_for_status(exc.code or 500, exc.description, headers)
+    return to_problem(exc)
+
+
 def render_http_exception(exc: HTTPException) -> Response:
-    """For the errors functions-framework raises itself (its 404 for /robots.txt and /favicon.ico)."""
+    """For the errors Flask and functions-framework raise outside our dispatch (404 for
+    /robots.txt and /favicon.ico, an unread body past a limit...): their status, as problem+json."""
     from flask import request as flask_request
 
-    problem: Problem = NotFound() if exc.code == 404 else BadRequest(exc.description)
-    return problem_response(problem, flask_request)
+    return problem_response(problem_of(exc), flask_request)

@@ -5,16 +5,34 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from PIL import Image
 
-from common.tokens import READ, WRITE, issue_hs256
+from common.cas import InMemoryBlobStore
+from common.config import Config
+from common.memory_repository import InMemoryMediaRepository
+from common.services import Services
+from common.signing import KeyRing
+from common.tokens import READ, WRITE, HS256Verifier, issue_hs256
 
 TEST_SECRET = "test-secret-" + "x" * 40
 PRESIGN_SECRET = "presign-secret-" + "p" * 40
 PUBLIC_BASE = "http://media.test"
+
+
+def memory_services(clock: Callable[[], float] | None = None, **env: str) -> Services:
+    """Services with the in-memory repository and blob store, for unit tests of the use cases."""
+    extra = {} if clock is None else {"clock": clock}
+    return Services(
+        config=Config.from_env({"MEDIA_JWT_SECRET": TEST_SECRET, **env}),
+        store=InMemoryBlobStore(),
+        repo=InMemoryMediaRepository(),
+        verifier=HS256Verifier(TEST_SECRET),
+        keys=KeyRing(PRESIGN_SECRET),
+        **extra,
+    )
 
 
 def png(width: int = 16, height: int = 16) -> bytes:

@@ -8,15 +8,11 @@ import io
 import pytest
 
 from common import media
-from common.cas import InMemoryBlobStore
-from common.config import Config
-from common.memory_repository import InMemoryMediaRepository
 from common.problems import BadRequest, Forbidden, NotFound, TypeNotAllowed
 from common.repository import ListQuery, MediaRecord
 from common.services import Services
-from common.signing import KeyRing
-from common.tokens import ADMIN, READ, WRITE, HS256Verifier, Principal
-from tests.factories import PRESIGN_SECRET, TEST_SECRET, elf, jpeg, pdf, png, upload_body
+from common.tokens import ADMIN, READ, WRITE, Principal
+from tests.factories import elf, jpeg, memory_services, pdf, png, upload_body
 from tests.support import delete_racing_a_completion
 
 ALICE = Principal("alice", frozenset({READ, WRITE}))
@@ -26,13 +22,7 @@ ADMIN_P = Principal("root", frozenset({ADMIN}))
 
 @pytest.fixture
 def svc() -> Services:
-    return Services(
-        config=Config.from_env({"MEDIA_JWT_SECRET": TEST_SECRET}),
-        store=InMemoryBlobStore(),
-        repo=InMemoryMediaRepository(),
-        verifier=HS256Verifier(TEST_SECRET),
-        keys=KeyRing(PRESIGN_SECRET),
-    )
+    return memory_services()
 
 
 def upload(svc: Services, who: Principal, data: bytes, name: str = "a.png") -> MediaRecord:

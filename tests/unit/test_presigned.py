@@ -11,9 +11,6 @@ from typing import Any
 import pytest
 
 from common import media, presigned
-from common.cas import InMemoryBlobStore
-from common.config import Config
-from common.memory_repository import InMemoryMediaRepository
 from common.problems import (
     BadRequest,
     Conflict,
@@ -29,8 +26,8 @@ from common.problems import (
 from common.repository import ListQuery, MediaRecord
 from common.services import Services
 from common.signing import KeyRing
-from common.tokens import READ, WRITE, HS256Verifier, Principal
-from tests.factories import PRESIGN_SECRET, TEST_SECRET, elf, jpeg, png
+from common.tokens import READ, WRITE, Principal
+from tests.factories import elf, jpeg, memory_services, png
 
 ALICE = Principal("alice", frozenset({READ, WRITE}))
 
@@ -45,19 +42,8 @@ class Clock:
 
 @pytest.fixture
 def svc() -> Services:
-    return Services(
-        config=Config.from_env(
-            {
-                "MEDIA_JWT_SECRET": TEST_SECRET,
-                "MEDIA_MAX_UPLOAD_BYTES": "1000000",
-                "MEDIA_PUBLIC_BASE_URL": "https://m.example",
-            }
-        ),
-        store=InMemoryBlobStore(),
-        repo=InMemoryMediaRepository(),
-        verifier=HS256Verifier(TEST_SECRET),
-        keys=KeyRing(PRESIGN_SECRET),
-        clock=Clock(),
+    return memory_services(
+        clock=Clock(), MEDIA_MAX_UPLOAD_BYTES="1000000", MEDIA_PUBLIC_BASE_URL="https://m.example"
     )
 
 
