@@ -236,6 +236,10 @@ class StorageFull(MediaError):
     """The storage volume ran out of space (ENOSPC / EDQUOT)."""
 
 
+class UnstorableInput(MediaError):
+    """The database refused a value of the request (the edge checks should have caught it first)."""
+
+
 class DatabaseUnavailable(MediaError):
     """PostgreSQL did not answer within the configured timeout."""
 
@@ -259,6 +263,8 @@ def to_problem(exc: BaseException) -> Problem:
         )
     if isinstance(exc, StorageFull):
         return InsufficientStorage("The storage volume is full; nothing was stored")
+    if isinstance(exc, UnstorableInput):
+        return BadRequest(f"The request holds a value that cannot be stored: {exc}")
     if isinstance(exc, DatabaseUnavailable):
         return ServiceUnavailable("The database is unavailable; retry shortly")
     return Problem()

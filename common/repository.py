@@ -1,7 +1,8 @@
 """Media records in PostgreSQL (psycopg 3 with a per-process pool), and an in-memory twin for tests.
 
 Only this module speaks SQL. Every query is parameterised. Driver and pool failures leave it as
-`DatabaseUnavailable` (503 at the edge), never as psycopg exceptions.
+`DatabaseUnavailable` (503 at the edge), values the database refuses as `UnstorableInput` (400),
+never as psycopg exceptions.
 
 Every wait on the server has a deadline. A connection is waited for at most `timeout_seconds`
 (the pool's checkout); each round trip on it (a statement, a COMMIT, the pool's own checks) at
@@ -35,7 +36,7 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 
-from common.problems import DatabaseUnavailable
+from common.problems import DatabaseUnavailable, UnstorableInput
 
 log = logging.getLogger("media.repository")
 
@@ -154,6 +155,8 @@ def _record(row: dict[str, Any]) -> MediaRecord:
 def _unavailable_on_failure() -> Iterator[None]:
     try:
         yield
+    except (psycopg.DataError, UnicodeEncodeError) as exc:  # a NUL, a lone surrogate, a bad value
+        raise UnstorableInput(str(exc).strip().splitlines()[0]) from exc
     except (
         psycopg.OperationalError,  # connection lost or refused, statement_timeout, our own deadline
         psycopg_pool.PoolTimeout,  # no connection free within the checkout timeout

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import jwt
 
 from common.problems import Forbidden, Unauthorized
+from common.text import problem_in
 
 READ = "media:read"
 WRITE = "media:write"
@@ -70,6 +71,9 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.strip():
         raise Unauthorized("The token has no subject (`sub`)")
+    problem = problem_in(subject)
+    if problem is not None:
+        raise Unauthorized(f"The token's subject (`sub`) {problem}")
     return Principal(subject=subject, scopes=scopes_from_claims(claims))
 
 

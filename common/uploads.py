@@ -22,6 +22,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 
 from common.cas import SNIFF_BYTES, BlobWriter
 from common.problems import MalformedUpload, UnsupportedMediaType
+from common.text import scrub
 
 CHUNK_BYTES = 1024 * 1024  # gunicorn recv()s up to 1 MiB; reading less makes it re-buffer the rest
 FILE_FIELD = "file"
@@ -32,7 +33,7 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\/]")
 
 def safe_filename(raw: str | None) -> str:
     """A name fit for Content-Disposition: no path, no control characters, NFC, bounded length."""
-    name = unicodedata.normalize("NFC", raw or "")
+    name = unicodedata.normalize("NFC", scrub(raw or "", "_"))
     name = re.split(r"[\\/]", name)[-1]  # browsers on Windows may send C:\fakepath\photo.jpg
     name = _UNSAFE.sub("_", name).strip(" .")
     if len(name) > MAX_FILENAME_CHARS:

@@ -24,9 +24,10 @@ from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from common import cors, logs, routing
+from common import cors, logs, routing, text
 from common.conditional import Content
 from common.problems import (
+    BadRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -114,9 +115,12 @@ def read_json(request: Request, limit: int = JSON_BODY_LIMIT) -> Any:
     if len(raw) > limit:
         raise PayloadTooLarge(f"The JSON body is limited to {limit} bytes", limit=limit)
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise UnprocessableContent("The body is not valid JSON") from None
+    for where, problem in text.unstorable_strings(doc):
+        raise UnprocessableContent(f"`{where}` {problem}")
+    return doc
 
 
 def authenticate(request: Request, services: Services) -> Principal:
@@ -246,6 +250,10 @@ class Routes:
             raise MethodNotAllowed(sorted(exc.valid_methods or [])) from None
         except WzNotFound:
             raise NotFound(f"No route for {request.path}") from None
+        for name, value in request.args.items(multi=True):
+            problem = text.problem_in(name) or text.problem_in(value)
+            if problem is not None:
+                raise BadRequest(f"The query parameter `{text.scrub(name)}` {problem}")
         handler, wants_services = self.handlers[operation_id]
         if not wants_services:
             return handler(request, **args)
