@@ -102,7 +102,25 @@ VARIABLES: tuple[Variable, ...] = (
         "A blob no record references is removed once it is this old (the reconciler)",
     ),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
+    Variable(
+        "MEDIA_THREADS",
+        "8",
+        "Request threads per worker process (set Knative's containerConcurrency to it); probes have two more",
+    ),
+    Variable("MEDIA_WORKERS", "1", "gunicorn worker processes per function process"),
+    Variable(
+        "MEDIA_HEADER_TIMEOUT_SECONDS",
+        "10",
+        "A request's line and headers must arrive within this, or it is answered 408 and closed",
+    ),
+    Variable(
+        "MEDIA_BODY_IDLE_TIMEOUT_SECONDS",
+        "60",
+        "A body that stops arriving (or a response nobody reads) for this long ends the request (408)",
+    ),
 )
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -134,6 +152,13 @@ def _float(env: Mapping[str, str], name: str) -> float:
     if value <= 0:
         raise ConfigError(f"{name} must be a positive number, got {raw!r}")
     return value
+
+
+def _log_level(raw: str | None) -> str:
+    level = (raw or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"MEDIA_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return level
 
 
 def _types(raw: str | None) -> frozenset[str]:
@@ -189,6 +214,10 @@ class Config:
     temp_sweep_interval_seconds: int
     orphan_grace_seconds: int
     log_level: str
+    threads: int
+    workers: int
+    header_timeout_seconds: float
+    body_idle_timeout_seconds: float
 
     @property
     def cas_root(self) -> Path:
@@ -221,7 +250,11 @@ class Config:
             temp_max_age_seconds=_int(env, "MEDIA_TEMP_MAX_AGE_SECONDS"),
             temp_sweep_interval_seconds=_int(env, "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", minimum=1),
             orphan_grace_seconds=_int(env, "MEDIA_ORPHAN_GRACE_SECONDS"),
-            log_level=(_get(env, "MEDIA_LOG_LEVEL") or "INFO").upper(),
+            log_level=_log_level(_get(env, "MEDIA_LOG_LEVEL")),
+            threads=_int(env, "MEDIA_THREADS", minimum=1),
+            workers=_int(env, "MEDIA_WORKERS", minimum=1),
+            header_timeout_seconds=_float(env, "MEDIA_HEADER_TIMEOUT_SECONDS"),
+            body_idle_timeout_seconds=_float(env, "MEDIA_BODY_IDLE_TIMEOUT_SECONDS"),
         )
 
     def require_database_url(self) -> str:

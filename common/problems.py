@@ -236,6 +236,13 @@ class StorageFull(MediaError):
     """The storage volume ran out of space (ENOSPC / EDQUOT)."""
 
 
+class BodyStalled(MediaError):
+    """The request body stopped arriving for longer than the idle timeout."""
+
+    def __init__(self) -> None:
+        super().__init__("the request body stopped arriving; send it again")
+
+
 class UnstorableInput(MediaError):
     """The database refused a value of the request (the edge checks should have caught it first)."""
 
@@ -263,6 +270,8 @@ def to_problem(exc: BaseException) -> Problem:
         )
     if isinstance(exc, StorageFull):
         return InsufficientStorage("The storage volume is full; nothing was stored")
+    if isinstance(exc, BodyStalled):
+        return RequestTimeout(str(exc))
     if isinstance(exc, UnstorableInput):
         return BadRequest(f"The request holds a value that cannot be stored: {exc}")
     if isinstance(exc, DatabaseUnavailable):

@@ -136,6 +136,15 @@ class MediaRepository(Protocol):
     def close(self) -> None: ...
 
 
+def conninfo_problem(conninfo: str) -> str | None:
+    """Why `conninfo` is not a PostgreSQL connection string (URL or key=value), or None."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
+
+
 def _lock_key(sha256: str) -> int:
     """A signed 64-bit advisory-lock key from the digest's first 16 hex digits."""
     return int(sha256[:16], 16) - (1 << 63)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.cas import BlobStore, LocalBlobStore
-from common.config import Config
+from common.config import Config, ConfigError
 from common.maintenance import start_maintenance
-from common.repository import MediaRepository, PgMediaRepository
+from common.repository import MediaRepository, PgMediaRepository, conninfo_problem
 from common.signing import KeyRing
 from common.tokens import HS256Verifier, TokenVerifier
 
@@ -33,6 +33,21 @@ class Services:
     verifier: TokenVerifier
     keys: KeyRing  # signs presigned upload URLs and download links
     clock: Callable[[], float] = time.time
+
+
+def check_configuration(config: Config) -> None:
+    """Check, before serving, what `build_services` will need (`Config.from_env` checked the values'
+    form). Raises ConfigError naming the variable."""
+    url = config.require_database_url()
+    problem = conninfo_problem(url)
+    if problem is not None:
+        raise ConfigError(f"MEDIA_DATABASE_URL is not a PostgreSQL connection string ({problem})")
+    config.require_jwt_secret()
+    config.require_presign_secret()
+    try:
+        config.cas_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"MEDIA_DATA_DIR: cannot create {config.cas_root} ({exc.strerror})") from None
 
 
 def build_services(config: Config, *, background: bool = True) -> Services:

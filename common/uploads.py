@@ -21,7 +21,7 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData, State
 
 from common.cas import SNIFF_BYTES, BlobWriter
-from common.problems import MalformedUpload, UnsupportedMediaType
+from common.problems import BodyStalled, MalformedUpload, UnsupportedMediaType
 from common.text import scrub
 
 CHUNK_BYTES = 1024 * 1024  # gunicorn recv()s up to 1 MiB; reading less makes it re-buffer the rest
@@ -60,17 +60,24 @@ class _Sniffer:
             self._on_prefix(self._writer.prefix)
 
 
-def _read(stream: IO[bytes]) -> bytes:
+def read_body(stream: IO[bytes], size: int = CHUNK_BYTES) -> bytes:
+    """The next `size` bytes of a request body at most.
+
+    Under `common.server` the socket has a timeout (`MEDIA_BODY_IDLE_TIMEOUT_SECONDS`): a body that
+    stops arriving raises BodyStalled (408) instead of holding the thread.
+    """
     try:
-        return stream.read(CHUNK_BYTES)
+        return stream.read(size)
     except ClientDisconnected:
         raise MalformedUpload("the client disconnected before the body was complete") from None
+    except TimeoutError:
+        raise BodyStalled() from None
 
 
 def receive_body(stream: IO[bytes], writer: BlobWriter, on_prefix: Callable[[bytes], None]) -> None:
     """Stream a raw body (a presigned PUT) into `writer` until the end of the input."""
     sniffer = _Sniffer(writer, on_prefix)
-    while chunk := _read(stream):
+    while chunk := read_body(stream):
         sniffer.write(chunk)
     sniffer.finish()
 
@@ -109,7 +116,7 @@ def receive_multipart(
     other_bytes = 0
 
     while True:
-        chunk = _read(stream)
+        chunk = read_body(stream)
         try:
             decoder.receive_data(chunk or None)
             event = decoder.next_event()

@@ -39,6 +39,7 @@ from common.problems import (
 )
 from common.services import Services
 from common.tokens import Principal, bearer_token
+from common.uploads import read_body
 
 log = logging.getLogger("media.http")
 
@@ -111,7 +112,7 @@ def read_json(request: Request, limit: int = JSON_BODY_LIMIT) -> Any:
         raise UnsupportedMediaType("Send Content-Type: application/json")
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The JSON body is limited to {limit} bytes", limit=limit)
-    raw = request.stream.read(limit + 1)
+    raw = read_body(request.stream, limit + 1)
     if len(raw) > limit:
         raise PayloadTooLarge(f"The JSON body is limited to {limit} bytes", limit=limit)
     try:

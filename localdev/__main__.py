@@ -4,8 +4,10 @@
 2. Unless MEDIA_DATABASE_URL is set, PostgreSQL (the `pgserver` package) starts on a Unix socket
    under `<data dir>/pg`.
 3. Migrations run; temp files left by a previous run are removed (nothing else writes here now).
-4. gunicorn serves the local router (all four functions, dispatched by the routing table) on
-   MEDIA_HOST:MEDIA_PORT. Ctrl-C or SIGTERM stops gunicorn, then the embedded database.
+4. The configuration is checked as a deployed function checks it (a bad value: one line naming
+   it, exit status 78), then `common.server` (gunicorn with the service's own worker) serves the
+   local router (every function, dispatched by the routing table) on MEDIA_HOST:MEDIA_PORT.
+   Ctrl-C or SIGTERM stops gunicorn, then the embedded database.
 """
 
 from __future__ import annotations
@@ -17,30 +19,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
+import psycopg
 
 from common import logs
 from common.cas import LocalBlobStore
-from common.config import Config, DevelopmentModeWarning
+from common.config import Config, ConfigError, DevelopmentModeWarning
 from common.migrate import migrate
+from common.server import Server, fail
+from common.services import check_configuration
 from localdev import devsecrets
 from localdev.router import Demo, build_router, load_functions
 
 log = logging.getLogger("media.localdev")
-
-
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, app: Any, options: dict[str, Any]) -> None:
-        self._app = app
-        self._options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        return self._app
 
 
 def start_embedded_postgres(data_dir: Path) -> tuple[Any, str]:
@@ -62,7 +52,10 @@ def prepare() -> tuple[Config, Any, bool]:
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     warnings.simplefilter("default", DevelopmentModeWarning)
     config = Config.from_env(os.environ)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"MEDIA_DATA_DIR: cannot create {config.data_dir} ({exc.strerror})") from None
 
     dev_jwt = not config.jwt_secret
     for variable, name in (("MEDIA_JWT_SECRET", "jwt-secret"), ("MEDIA_PRESIGN_SECRET", "presign-secret")):
@@ -78,8 +71,14 @@ def prepare() -> tuple[Config, Any, bool]:
         server, url = start_embedded_postgres(config.data_dir)
         os.environ["MEDIA_DATABASE_URL"] = url
         log.info("embedded PostgreSQL running under %s", config.data_dir / "pg")
-    config = Config.from_env(os.environ)
-    applied = migrate(config.require_database_url())
+    try:
+        config = Config.from_env(os.environ)
+        check_configuration(config)  # what a deployed function checks before serving
+        applied = migrate(config.require_database_url())
+    except BaseException:
+        if server is not None:
+            server.cleanup()
+        raise
     log.info("migrations applied: %s", applied or "none (up to date)")
     return config, server, dev_jwt
 
@@ -89,22 +88,13 @@ def serve(config: Config, dev_jwt: bool) -> None:
     LocalBlobStore(config.cas_root).sweep_temp(0)
     demo = Demo(token_secret=config.jwt_secret if dev_jwt else None)
     app = build_router(load_functions(), demo=demo)
-    options = {
-        "bind": f"{config.host}:{config.port}",
-        "workers": 1,
-        "threads": 8,
-        "worker_class": "gthread",
-        "timeout": 0,  # uploads may take as long as they take
-        "graceful_timeout": 10,
-        "accesslog": None,
-        "loglevel": "warning",
-    }
     print(
         f"media service on http://{config.host}:{config.port}  (`make token` prints a bearer token;"
         f" the demo page is {config.public_base_url}/demo/)",
         flush=True,
     )
-    _Gunicorn(app, options).run()
+    # The same server as every deployed function (common/server.py), with all of them in one app.
+    Server(app, config, f"{config.host}:{config.port}").run()
 
 
 def main(argv: list[str]) -> int:
@@ -112,7 +102,12 @@ def main(argv: list[str]) -> int:
     if command not in ("serve", "migrate"):
         print("usage: python -m localdev [serve|migrate]", file=sys.stderr)
         return 2
-    config, server, dev_jwt = prepare()
+    try:
+        config, server, dev_jwt = prepare()
+    except ConfigError as exc:
+        return fail(f"make run: configuration error: {exc}")
+    except psycopg.OperationalError as exc:
+        return fail(f"make run: cannot reach MEDIA_DATABASE_URL: {str(exc).strip().splitlines()[0]}")
     try:
         if command == "serve":
             serve(config, dev_jwt)

@@ -1,9 +1,9 @@
 """`make up`: the production rehearsal on one machine.
 
-Each function runs as its own `functions-framework` process (gunicorn inside) on its own loopback
-port, two of them for `upload` (as two Knative replicas sharing one CAS volume and one database),
-and nginx is the ingress on one port, its routes generated from the routing table. The end-to-end
-fault drills and `make bench` use `Rehearsal` directly.
+Each function runs as its own process (`common.server`: gunicorn around functions-framework) on
+its own loopback port, two of them for `upload` (as two Knative replicas sharing one CAS volume and
+one database), and nginx is the ingress on one port, its routes generated from the routing table.
+The end-to-end fault drills and `make bench` use `Rehearsal` directly.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from common.migrate import migrate
 from localdev import nginx
 from localdev.harness import ROOT, children, free_port, http_status, spawn_until_ready
 
-FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
 DEFAULT_SCALE = {"upload": 2, "download": 2, "health": 1, "presign": 1}
 # Threads per process, as Knative's containerConcurrency would be. Uploads wait on the network and
 # the disk, so a process takes many. Metadata and range requests are short and CPU-bound under the
@@ -33,7 +32,7 @@ THREADS = {"upload": 8, "download": 2, "health": 4, "presign": 4}
 
 @dataclass
 class FunctionProcess:
-    """One deployed function: `functions-framework --target NAME` on its own port."""
+    """One deployed function: `python -m common.server --target NAME` on its own port."""
 
     name: str
     env: dict[str, str]
@@ -48,7 +47,8 @@ class FunctionProcess:
 
     def start(self, timeout: float = 30) -> FunctionProcess:
         cmd = [
-            str(FUNCTIONS_FRAMEWORK),
+            sys.executable,
+            *("-m", "common.server"),
             *("--target", self.name, "--source", str(ROOT / "functions" / self.name / "main.py")),
             *("--host", "127.0.0.1", "--port", str(self.port)),
         ]
@@ -150,8 +150,7 @@ class Rehearsal:
             {
                 "MEDIA_DATA_DIR": str(self.data_dir),
                 "MEDIA_PUBLIC_BASE_URL": self.nginx.base,
-                # functions-framework's default is 4 x the machine's CPUs: always set it.
-                "WORKERS": "1",
+                "MEDIA_WORKERS": "1",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -166,7 +165,7 @@ class Rehearsal:
         migrate(Config.from_env(self.function_env()).require_database_url())
         env = self.function_env()
         for name, count in self.scale.items():
-            own = {**env, "THREADS": str(THREADS.get(name, 4))}
+            own = {**env, "MEDIA_THREADS": str(THREADS.get(name, 4))}
             self.processes[name] = [FunctionProcess(name, own, logs).start() for _ in range(count)]
         upstreams = {name: [p.port for p in procs] for name, procs in self.processes.items()}
         self.nginx.start(upstreams, self.cas_root)
