@@ -10,8 +10,10 @@ most `timeout_seconds` too: `statement_timeout` lets a live server cancel a slow
 itself, and `_DeadlineConnection` gives up on a server that stopped answering altogether (frozen,
 failing over, partitioned without a reset, where no cancel and no error ever arrives), closing
 that connection so the pool replaces it. TCP keepalives and `tcp_user_timeout` let the kernel
-notice a dead peer on idle TCP connections too. So a request that needs the database answers
-503 within about twice the timeout, whatever the database does.
+notice a dead peer on idle TCP connections too. Once PostgreSQL has failed to answer, a circuit
+breaker refuses requests at once for `timeout_seconds` and then lets one try again, so threads do
+not pile up waiting deadlines. So a request that needs the database answers 503 within about
+twice the timeout, whatever the database does.
 
 `digest_scope(sha256)` is the lock that keeps the CAS and the table consistent: it holds a
 PostgreSQL session advisory lock keyed by the digest, on one connection, until the block ends.
@@ -36,6 +38,7 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 
+from common.breaker import CircuitBreaker
 from common.problems import DatabaseUnavailable, UnstorableInput
 
 log = logging.getLogger("media.repository")
@@ -175,6 +178,17 @@ def _unavailable_on_failure() -> Iterator[None]:
         raise DatabaseUnavailable(str(exc).strip() or exc.__class__.__name__) from exc
 
 
+class NoAnswer(psycopg.OperationalError):
+    """PostgreSQL did not answer within the deadline (a `_DeadlineConnection` gave up)."""
+
+
+def _silent(exc: BaseException | None) -> bool:
+    """Whether a failure cost its caller a whole deadline: PostgreSQL did not answer a round trip,
+    or no connection could be had in time. (A refused or reset connection fails at once, and a
+    server-side error such as statement_timeout is an answer.)"""
+    return isinstance(exc, NoAnswer | psycopg_pool.PoolTimeout)
+
+
 # How much longer the client waits than the server's statement_timeout: a live server cancels a
 # slow statement itself (the connection survives); only a silent one reaches the client's deadline.
 _CLIENT_MARGIN_SECONDS = 0.25
@@ -199,9 +213,7 @@ class _DeadlineConnection(psycopg.Connection[dict[str, Any]]):
         except psycopg.errors._WaitTimeout:  # psycopg's own (private) class for an expired wait
             self.pgconn.finish()
             log.warning("PostgreSQL did not answer within %.2f s; connection dropped", self.deadline_seconds)
-            raise psycopg.OperationalError(
-                f"PostgreSQL did not answer within {self.deadline_seconds:.2f} s"
-            ) from None
+            raise NoAnswer(f"PostgreSQL did not answer within {self.deadline_seconds:.2f} s") from None
 
     @contextmanager
     def deadline(self, seconds: float) -> Iterator[None]:
@@ -300,18 +312,32 @@ class PgMediaRepository:
         )
         self._pool.open(wait=False)
         self._checking = threading.Lock()
+        # While PostgreSQL is silent, requests are refused at once rather than each waiting the
+        # deadline (and queuing behind each other); one tries again every `timeout_seconds`.
+        self._breaker = CircuitBreaker(timeout_seconds)
 
     @contextmanager
     def _conn(self, timeout: float | None = None) -> Iterator[_DeadlineConnection]:
+        if not self._breaker.allow():
+            raise DatabaseUnavailable("PostgreSQL did not answer just now; retry in a moment")
         try:
             with (
                 _unavailable_on_failure(),
                 self._pool.connection(timeout=self._timeout if timeout is None else timeout) as conn,
             ):
                 yield conn
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as exc:
+            if _silent(exc.__cause__):
+                self._breaker.failed()
+            else:
+                self._breaker.released()
             self._flush_stale_connections()
             raise
+        except BaseException:
+            self._breaker.released()  # the caller's own error: says nothing about PostgreSQL
+            raise
+        else:
+            self._breaker.succeeded()
 
     def _flush_stale_connections(self) -> None:
         """After a failure, check the idle connections in the background and drop the broken ones.
