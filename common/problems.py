@@ -111,6 +111,10 @@ class PayloadTooLarge(Problem):
     status, slug, title = 413, "payload-too-large", "Payload too large"
 
 
+class UriTooLong(Problem):
+    status, slug, title = 414, "uri-too-long", "URI too long"
+
+
 class UnsupportedMediaType(Problem):
     status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
 
@@ -185,6 +189,7 @@ _SIMPLE: tuple[type[Problem], ...] = (
     LengthRequired,
     PreconditionFailed,
     PayloadTooLarge,
+    UriTooLong,
     UnsupportedMediaType,
     UnprocessableContent,
     ServiceUnavailable,

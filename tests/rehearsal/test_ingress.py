@@ -3,10 +3,12 @@ is answered as problem+json."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,3 +122,31 @@ def test_make_up_serves_through_nginx_and_stops_everything_on_ctrl_c(tmp_path: P
         assert not status.exists() or "\nState:\tZ" in status.read_text(), (
             f"function process {pid} outlived make up"
         )
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"BLAH\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET /media HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /_ingress_problems/400 HTTP/1.1\r\nHost: t\r\n\r\n", 404),  # internal: not routable
+    ],
+)
+def test_what_the_ingress_answers_itself_is_problem_json(
+    rehearsal: Rehearsal, request_bytes: bytes, status: int
+) -> None:
+    host, port = rehearsal.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.rstrip().endswith(b"}"):
+                break
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == str(status).encode(), head
+    assert b"Content-Type: application/problem+json" in head
+    doc = json.loads(body)
+    assert doc["status"] == status and doc["type"].startswith("https://media.recipes.example/problems/")
+    assert doc["request_id"] and doc["request_id"] != "$request_id"

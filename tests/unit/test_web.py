@@ -72,7 +72,7 @@ def test_upload_tokens_are_kept_out_of_the_logs() -> None:
         (wz.RequestTimeout(), 408, "request-timeout", None),
         (wz.LengthRequired(), 411, "length-required", None),
         (wz.RequestEntityTooLarge(), 413, "payload-too-large", None),
-        (wz.RequestURITooLarge(), 414, "request-uri-too-long", None),
+        (wz.RequestURITooLarge(), 414, "uri-too-long", None),
         (wz.UnsupportedMediaType(), 415, "unsupported-media-type", None),
         (wz.RequestHeaderFieldsTooLarge(), 431, "request-header-fields-too-large", None),
         (wz.NotImplemented(), 501, "not-implemented", None),
