@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -34,12 +35,38 @@ log = logging.getLogger("media.localdev")
 
 
 def start_embedded_postgres(data_dir: Path) -> tuple[Any, str]:
+    """Start (or take over) the embedded server under `<data dir>/pg`; `cleanup()` stops it."""
     import pgserver
 
     pgdata = data_dir / "pg"
     pgdata.mkdir(parents=True, exist_ok=True)
+    forget_dead_users(pgdata)
     server = pgserver.get_server(str(pgdata), cleanup_mode="stop")  # type: ignore[attr-defined]
     return server, str(server.get_uri())
+
+
+def forget_dead_users(pgdata: Path) -> None:
+    """pgserver keeps the pids of the processes using a server in `<pgdata>/.handle_pids.json` and
+    stops the server with the last of them. A `make run` killed with -9 never takes itself off, so
+    the next one was never the last and left PostgreSQL running at Ctrl-C. The pids of processes
+    that are gone are dropped here, so the running server is taken over and stopped as usual."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        log.info("embedded PostgreSQL: forgetting users that are gone: %s", sorted(set(pids) - set(alive)))
+        handles.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "\nState:\tZ" not in status  # a zombie is gone too
 
 
 def prepare() -> tuple[Config, Any, bool]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import time
@@ -230,6 +232,33 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in status
+
+
+def test_make_run_after_a_kill_9_takes_the_embedded_postgres_over_and_stops_it(data_dir: Path) -> None:
+    first = LocalStack(data_dir=data_dir / "v").start(timeout=120)
+    postmaster = int((first.data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+    assert first.proc is not None
+    workers = first.server_pids()[1:]
+    first.stop(signal.SIGKILL)  # what a crash or `kill -9` of `make run` does: no cleanup at all
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert running(postmaster), "the drill needs the server to outlive the killed make run"
+
+    try:
+        again = LocalStack(data_dir=data_dir / "v").start(timeout=120)
+        try:
+            assert requests.get(again.base + "/health/ready", timeout=10).status_code == 200
+        finally:
+            code = again.stop(signal.SIGINT)  # Ctrl-C
+        assert code == 0, again.log()
+        deadline = time.monotonic() + 15
+        while running(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(postmaster), "Ctrl-C left the embedded PostgreSQL running"
+    finally:
+        if running(postmaster):  # whatever failed, leave no server behind
+            os.kill(postmaster, signal.SIGTERM)
 
 
 def test_make_run_defaults_embedded_postgres_and_a_clean_stop(data_dir: Path) -> None:

@@ -39,6 +39,9 @@ def drill_env(database_url: str, **extra: str) -> dict[str, str]:
         "MEDIA_TEMP_MAX_AGE_SECONDS": "3",
         "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS": "1",
         "MEDIA_DB_TIMEOUT_SECONDS": "1",
+        # A body idle longer than this is a 408 (the sweep drill's client pauses 5 s: shorter).
+        "MEDIA_BODY_IDLE_TIMEOUT_SECONDS": "8",
+        "MEDIA_HEADER_TIMEOUT_SECONDS": "3",
         "MEDIA_LOG_LEVEL": "WARNING",
     }
     env.update(extra)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,52 @@ def test_an_upload_whose_client_pauses_past_the_sweep_age_keeps_its_temp_file_an
     assert rehearsal.temp_files() == []
 
 
+def test_more_stalled_clients_than_threads_leave_every_probe_answering(rehearsal: Rehearsal) -> None:
+    """20 uploads whose bodies stop (16 upload threads in all), 20 heads dribbled to the ingress
+    and 10 straight to each upload process, connections that send nothing: every process's own
+    probes, and the ingress's, still answer within a second."""
+    tok = token()
+    uploads = rehearsal.processes["upload"]
+    head = (
+        f"POST /media HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {tok}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
+    ).encode()
+    ingress = ("127.0.0.1", int(rehearsal.base.rsplit(":", 1)[1]))
+    with ExitStack() as stalled:
+
+        def open_to(address: tuple[str, int], data: bytes) -> socket.socket:
+            sock = stalled.enter_context(socket.create_connection(address, timeout=30))
+            if data:
+                sock.sendall(data)
+            return sock
+
+        bodies = [open_to(ingress, head) for _ in range(20)]
+        for _ in range(20):
+            open_to(ingress, b"GET /media HT")
+        for process in uploads:
+            for _ in range(10):
+                open_to(("127.0.0.1", process.port), b"GET /health/li")
+                open_to(("127.0.0.1", process.port), b"")
+        wait_for(
+            lambda: len(rehearsal.temp_files()) >= 16, 10, "the stalled uploads did not reach the replicas"
+        )
+        for base in [*(p.base for p in uploads), rehearsal.base]:
+            for path in ("/health/live", "/health/ready"):
+                started = time.monotonic()
+                probe = requests.get(base + path, timeout=5)
+                took = time.monotonic() - started
+                assert probe.status_code == 200, (base, path, probe.text)
+                assert took < 1, f"{base}{path} took {took:.2f} s with every upload thread taken"
+        for sock in bodies:  # the replicas end them at MEDIA_BODY_IDLE_TIMEOUT_SECONDS
+            sock.settimeout(30)
+            answer = sock.recv(65536)
+            assert answer.split(b" ", 2)[1] == b"408", answer[:200]
+            assert b"application/problem+json" in answer
+    wait_for(lambda: rehearsal.temp_files() == [], 10, "a stalled upload left its temp file")
+    status, body = upload_big(rehearsal, tok, GeneratedFile(2 * MiB))
+    assert status == 201, body[:300]
+
+
 def test_restarting_the_download_function_leaves_uploads_in_flight_alone(rehearsal: Rehearsal) -> None:
     tok = token()
     data = png()
@@ -279,11 +327,85 @@ def test_postgres_stopped_under_load_fails_fast_and_recovers(tmp_path: Path) -> 
         assert 503 in statuses
         assert all(ctype == "application/problem+json" for _, status, ctype in during if status >= 400)
         assert max(seconds for seconds, _, _ in during) < 10, "a request hung during the outage"
-        assert (
-            requests.post(rehearsal.base + "/media", data=body, headers=headers, timeout=30).status_code
-            == 201
+        # Each process's circuit breaker lets a request try again every MEDIA_DB_TIMEOUT_SECONDS.
+        wait_for(
+            lambda: (
+                requests.post(rehearsal.base + "/media", data=body, headers=headers, timeout=30).status_code
+                == 201
+                and requests.get(rehearsal.base + "/health/ready", timeout=10).status_code == 200
+            ),
+            10,
+            "uploads and readiness did not recover once PostgreSQL was back",
         )
-        assert requests.get(rehearsal.base + "/health/ready", timeout=10).status_code == 200
+        assert rehearsal.temp_files() == []
+
+
+def test_postgres_frozen_under_sixteen_clients_gives_only_fast_503s_then_recovers(tmp_path: Path) -> None:
+    """Frozen, not stopped: `docker pause` (or SIGSTOP when embedded) leaves every connection open
+    and silent. MEDIA_DB_TIMEOUT_SECONDS is 1 here, so the bound is 3 s."""
+    bound = 2 * 1 + 1
+    with postgres() as db, rehearsal_on(tmp_path / "r", db.url) as rehearsal:
+        tok = token()
+        body, ctype = upload_body(png())
+        headers = {**bearer(tok), "Content-Type": ctype}
+        doc = requests.post(rehearsal.base + "/media", data=body, headers=headers, timeout=30).json()
+        calls: list[tuple[str, str, dict[str, Any]]] = [
+            ("GET", f"{rehearsal.base}/media/{doc['id']}", {"headers": bearer(tok)}),
+            ("GET", f"{rehearsal.base}/media", {"headers": bearer(tok)}),
+            ("POST", rehearsal.base + "/media", {"headers": headers, "data": body}),
+            (
+                "POST",
+                rehearsal.base + "/media/uploads",
+                {
+                    "headers": bearer(tok),
+                    "json": {"filename": "a.png", "content_type": "image/png", "size": 9},
+                },
+            ),
+        ]
+        stop = threading.Event()
+        seen: list[tuple[float, float, int, str]] = []  # started, ended, status, content type
+
+        def client(n: int) -> None:
+            session = requests.Session()
+            while not stop.is_set():
+                method, url, kwargs = calls[n % len(calls)]
+                started = time.monotonic()
+                resp = session.request(method, url, timeout=30, **kwargs)
+                seen.append(
+                    (started, time.monotonic(), resp.status_code, resp.headers.get("Content-Type", ""))
+                )
+
+        clients = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+        for c in clients:
+            c.start()
+        try:
+            time.sleep(1)
+            db.freeze()
+            frozen_at = time.monotonic()
+            time.sleep(6)
+            ready = requests.get(rehearsal.base + "/health/ready", timeout=10)
+            assert ready.status_code == 503
+            thawed_at = time.monotonic()
+        finally:
+            db.thaw()
+        wait_for(
+            lambda: all(
+                requests.request(m, u, timeout=10, **k).status_code in (200, 201) for m, u, k in calls
+            ),
+            10,
+            "the service did not recover within 10 s of the thaw",
+        )
+        stop.set()
+        for c in clients:
+            c.join(60)
+        during = [s for s in seen if s[0] >= frozen_at + 0.05 and s[1] < thawed_at]
+        assert len(during) >= 16, "the clients made too few requests during the freeze"
+        assert {status for _, _, status, _ in during} == {503}, sorted({s[2] for s in during})
+        assert all(ctype == "application/problem+json" for *_, ctype in during)
+        slowest = max(ended - started for started, ended, _, _ in during)
+        assert slowest < bound, f"the slowest 503 took {slowest:.2f} s"
+        print(f"\nfreeze drill: {len(during)} answers during the freeze, all 503, slowest {slowest:.2f} s")
+        assert 500 not in {status for _, _, status, _ in seen}
         assert rehearsal.temp_files() == []
 
 
