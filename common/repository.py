@@ -200,7 +200,7 @@ class _DeadlineConnection(psycopg.Connection[dict[str, Any]]):
     psycopg does every round trip through `Connection.wait` (statements, COMMIT, the pool's checks
     and rollbacks), and its wait functions take a timeout (psycopg >= 3.3). When it expires, the
     protocol is somewhere in the middle of an exchange and the connection cannot be reused: it is
-    closed (the pool sees it closed and opens another) and a plain OperationalError is raised.
+    closed (the pool sees it closed and opens another) and `NoAnswer` is raised.
     """
 
     deadline_seconds: float | None = None
@@ -317,13 +317,13 @@ class PgMediaRepository:
         self._breaker = CircuitBreaker(timeout_seconds)
 
     @contextmanager
-    def _conn(self, timeout: float | None = None) -> Iterator[_DeadlineConnection]:
+    def _conn(self) -> Iterator[_DeadlineConnection]:
         if not self._breaker.allow():
             raise DatabaseUnavailable("PostgreSQL did not answer just now; retry in a moment")
         try:
             with (
                 _unavailable_on_failure(),
-                self._pool.connection(timeout=self._timeout if timeout is None else timeout) as conn,
+                self._pool.connection(timeout=self._timeout) as conn,
             ):
                 yield conn
         except DatabaseUnavailable as exc:

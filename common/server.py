@@ -131,6 +131,16 @@ def oversized_head_status(head: bytes) -> int:
     return 414 if first_line_end == -1 or first_line_end > LIMIT_REQUEST_LINE else 431
 
 
+def _recv(sock: socket.socket, size: int) -> bytes | None:
+    """What a non-blocking socket has: None when nothing yet, b"" when the peer closed or failed."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 class _Conn(TConn):  # type: ignore[misc]
     """gunicorn's connection, whose graceful close is handed to the event loop.
 
@@ -195,12 +205,9 @@ class MediaWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_data, conn))
 
     def _on_head_data(self, conn: TConn, client: socket.socket) -> None:
-        try:
-            data = conn.sock.recv(MAX_HEAD_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock, MAX_HEAD_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away
             self._drop_heading(conn)
             return
@@ -226,7 +233,7 @@ class MediaWorker(ThreadWorker):  # type: ignore[misc]
         with contextlib.suppress(OSError):  # best effort: it is small and fits the socket's buffer
             conn.sock.send(response)
         self.nr_conns -= 1
-        conn.close()
+        self._linger(conn)  # the client may still be sending: a plain close could reset the answer
 
     def _linger(self, conn: TConn) -> None:
         try:
@@ -241,12 +248,9 @@ class MediaWorker(ThreadWorker):  # type: ignore[misc]
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_linger_data, conn))
 
     def _on_linger_data(self, conn: TConn, client: socket.socket) -> None:
-        try:
-            data = conn.sock.recv(LINGER_DRAIN_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _recv(conn.sock, LINGER_DRAIN_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.drained += len(data)
         if not data or conn.drained >= LINGER_DRAIN_BYTES:
             self.lingering.remove(conn)

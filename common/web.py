@@ -119,8 +119,9 @@ def read_json(request: Request, limit: int = JSON_BODY_LIMIT) -> Any:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise UnprocessableContent("The body is not valid JSON") from None
-    for where, problem in text.unstorable_strings(doc):
-        raise UnprocessableContent(f"`{where}` {problem}")
+    bad = next(text.unstorable_strings(doc), None)
+    if bad is not None:
+        raise UnprocessableContent(f"`{bad[0]}` {bad[1]}")
     return doc
 
 

@@ -62,6 +62,16 @@ def api_client(services: Services) -> BufferedClient:
     return BufferedClient(build_router(apps))
 
 
+def service_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The MEDIA_* environment of a service process under test: its database, the test secrets."""
+    return {
+        "MEDIA_DATABASE_URL": database_url,
+        "MEDIA_JWT_SECRET": TEST_SECRET,
+        "MEDIA_PRESIGN_SECRET": PRESIGN_SECRET,
+        **extra,
+    }
+
+
 def make_config(data_dir: Path, database_url: str, **overrides: str) -> Config:
     env = {
         "MEDIA_DATA_DIR": str(data_dir),

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from localdev.harness import LocalStack
-from tests.factories import PRESIGN_SECRET, TEST_SECRET
-from tests.support import RunningPostgres
+from tests.support import RunningPostgres, service_env
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -98,12 +97,7 @@ def api(
 ) -> Iterator[LocalStack]:
     stack = LocalStack(
         data_dir=tmp_path_factory.mktemp("browser-api"),
-        env={
-            "MEDIA_DATABASE_URL": pg.url,
-            "MEDIA_JWT_SECRET": TEST_SECRET,
-            "MEDIA_PRESIGN_SECRET": PRESIGN_SECRET,
-            "MEDIA_CORS_ORIGINS": pages.origin,
-        },
+        env=service_env(pg.url, MEDIA_CORS_ORIGINS=pages.origin),
     ).start()
     yield stack
     stack.stop()

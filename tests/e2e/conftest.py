@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from localdev.harness import LocalStack
-from tests.factories import PRESIGN_SECRET, TEST_SECRET
-from tests.support import RunningPostgres
+from tests.support import RunningPostgres, service_env
 
 SMALL_LIMIT = 8 * 1024 * 1024
 
@@ -18,12 +17,7 @@ SMALL_LIMIT = 8 * 1024 * 1024
 def stack(pg: RunningPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     running = LocalStack(
         data_dir=tmp_path_factory.mktemp("stack"),
-        env={
-            "MEDIA_DATABASE_URL": pg.url,
-            "MEDIA_JWT_SECRET": TEST_SECRET,
-            "MEDIA_PRESIGN_SECRET": PRESIGN_SECRET,
-            "MEDIA_MAX_UPLOAD_BYTES": str(SMALL_LIMIT),
-        },
+        env=service_env(pg.url, MEDIA_MAX_UPLOAD_BYTES=str(SMALL_LIMIT)),
     ).start()
     yield running
     assert running.stop() == 0, running.log()

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from common import routing
-from tests.factories import PRESIGN_SECRET, TEST_SECRET
-from tests.support import ROOT, RunningPostgres, free_port
+from tests.support import ROOT, RunningPostgres, free_port, service_env
 
 EX_CONFIG = 78
 
@@ -33,14 +32,7 @@ BAD: list[tuple[str, str | None, str]] = [
 
 def good_env(database_url: str, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
-    env.update(
-        {
-            "MEDIA_DATABASE_URL": database_url,
-            "MEDIA_JWT_SECRET": TEST_SECRET,
-            "MEDIA_PRESIGN_SECRET": PRESIGN_SECRET,
-            "MEDIA_DATA_DIR": str(data_dir),
-        }
-    )
+    env.update(service_env(database_url, MEDIA_DATA_DIR=str(data_dir)))
     return env
 
 

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from localdev.harness import LocalStack
-from tests.factories import PRESIGN_SECRET, TEST_SECRET, bearer, png, token, upload_body
-from tests.support import RunningPostgres
+from tests.factories import bearer, png, token, upload_body
+from tests.support import RunningPostgres, service_env
 
 THREADS = 4
 IDLE = 2.0  # MEDIA_BODY_IDLE_TIMEOUT_SECONDS
@@ -29,15 +29,13 @@ LIMIT = 1024 * 1024
 def stack(pg: RunningPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     running = LocalStack(
         data_dir=tmp_path_factory.mktemp("hard"),
-        env={
-            "MEDIA_DATABASE_URL": pg.url,
-            "MEDIA_JWT_SECRET": TEST_SECRET,
-            "MEDIA_PRESIGN_SECRET": PRESIGN_SECRET,
-            "MEDIA_MAX_UPLOAD_BYTES": str(LIMIT),
-            "MEDIA_THREADS": str(THREADS),
-            "MEDIA_BODY_IDLE_TIMEOUT_SECONDS": str(IDLE),
-            "MEDIA_HEADER_TIMEOUT_SECONDS": str(HEAD),
-        },
+        env=service_env(
+            pg.url,
+            MEDIA_MAX_UPLOAD_BYTES=str(LIMIT),
+            MEDIA_THREADS=str(THREADS),
+            MEDIA_BODY_IDLE_TIMEOUT_SECONDS=str(IDLE),
+            MEDIA_HEADER_TIMEOUT_SECONDS=str(HEAD),
+        ),
     ).start()
     yield running
     assert running.stop() == 0, running.log()
