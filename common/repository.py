@@ -1,19 +1,9 @@
 """Media records in PostgreSQL (psycopg 3 with a per-process pool), and an in-memory twin for tests.
 
-Only this module speaks SQL. Every query is parameterised. Driver and pool failures leave it as
-`DatabaseUnavailable` (503 at the edge), values the database refuses as `UnstorableInput` (400),
-never as psycopg exceptions.
-
-Every wait on the server has a deadline. A connection is waited for at most `timeout_seconds`
-(the pool's checkout); each round trip on it (a statement, a COMMIT, the pool's own checks) at
-most `timeout_seconds` too: `statement_timeout` lets a live server cancel a slow statement
-itself, and `_DeadlineConnection` gives up on a server that stopped answering altogether (frozen,
-failing over, partitioned without a reset, where no cancel and no error ever arrives), closing
-that connection so the pool replaces it. TCP keepalives and `tcp_user_timeout` let the kernel
-notice a dead peer on idle TCP connections too. Once PostgreSQL has failed to answer, a circuit
-breaker refuses requests at once for `timeout_seconds` and then lets one try again, so threads do
-not pile up waiting deadlines. So a request that needs the database answers 503 within about
-twice the timeout, whatever the database does.
+Only this module speaks SQL. Every query is parameterised. Connections come from
+`database.Database`, which bounds every wait on the server and turns driver and pool failures
+into `DatabaseUnavailable` (503 at the edge) and values the database refuses into
+`UnstorableInput` (400): never psycopg exceptions.
 
 `digest_scope(sha256)` is the lock that keeps the CAS and the table consistent: it holds a
 PostgreSQL session advisory lock keyed by the digest, on one connection, until the block ends.
@@ -24,8 +14,6 @@ locks work across processes and hosts, which file locks on NFS do not.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -34,14 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-import psycopg
-import psycopg_pool
-from psycopg.rows import dict_row
-
-from common.breaker import CircuitBreaker
-from common.problems import DatabaseUnavailable, UnstorableInput
-
-log = logging.getLogger("media.repository")
+from common.database import Database, DeadlineConnection, translate_errors
 
 STATUSES = ("pending", "ready", "failed")
 
@@ -139,15 +120,6 @@ class MediaRepository(Protocol):
     def close(self) -> None: ...
 
 
-def conninfo_problem(conninfo: str) -> str | None:
-    """Why `conninfo` is not a PostgreSQL connection string (URL or key=value), or None."""
-    try:
-        psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError as exc:
-        return str(exc).strip().splitlines()[0]
-    return None
-
-
 def _lock_key(sha256: str) -> int:
     """A signed 64-bit advisory-lock key from the digest's first 16 hex digits."""
     return int(sha256[:16], 16) - (1 << 63)
@@ -163,75 +135,12 @@ def _record(row: dict[str, Any]) -> MediaRecord:
     return MediaRecord(**row)
 
 
-@contextmanager
-def _unavailable_on_failure() -> Iterator[None]:
-    try:
-        yield
-    except (psycopg.DataError, UnicodeEncodeError) as exc:  # a NUL, a lone surrogate, a bad value
-        raise UnstorableInput(str(exc).strip().splitlines()[0]) from exc
-    except (
-        psycopg.OperationalError,  # connection lost or refused, statement_timeout, our own deadline
-        psycopg_pool.PoolTimeout,  # no connection free within the checkout timeout
-        psycopg_pool.TooManyRequests,  # too many requests already waiting for one
-        psycopg_pool.PoolClosed,
-    ) as exc:
-        raise DatabaseUnavailable(str(exc).strip() or exc.__class__.__name__) from exc
-
-
-class NoAnswer(psycopg.OperationalError):
-    """PostgreSQL did not answer within the deadline (a `_DeadlineConnection` gave up)."""
-
-
-def _silent(exc: BaseException | None) -> bool:
-    """Whether a failure cost its caller a whole deadline: PostgreSQL did not answer a round trip,
-    or no connection could be had in time. (A refused or reset connection fails at once, and a
-    server-side error such as statement_timeout is an answer.)"""
-    return isinstance(exc, NoAnswer | psycopg_pool.PoolTimeout)
-
-
-# How much longer the client waits than the server's statement_timeout: a live server cancels a
-# slow statement itself (the connection survives); only a silent one reaches the client's deadline.
-_CLIENT_MARGIN_SECONDS = 0.25
-
-
-class _DeadlineConnection(psycopg.Connection[dict[str, Any]]):
-    """A connection on which no wait for the server outlasts `deadline_seconds`.
-
-    psycopg does every round trip through `Connection.wait` (statements, COMMIT, the pool's checks
-    and rollbacks), and its wait functions take a timeout (psycopg >= 3.3). When it expires, the
-    protocol is somewhere in the middle of an exchange and the connection cannot be reused: it is
-    closed (the pool sees it closed and opens another) and `NoAnswer` is raised.
-    """
-
-    deadline_seconds: float | None = None
-
-    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-        if timeout is not None or self.deadline_seconds is None:
-            return super().wait(gen, interval, timeout)
-        try:
-            return super().wait(gen, interval, self.deadline_seconds)
-        except psycopg.errors._WaitTimeout:  # psycopg's own (private) class for an expired wait
-            self.pgconn.finish()
-            log.warning("PostgreSQL did not answer within %.2f s; connection dropped", self.deadline_seconds)
-            raise NoAnswer(f"PostgreSQL did not answer within {self.deadline_seconds:.2f} s") from None
-
-    @contextmanager
-    def deadline(self, seconds: float) -> Iterator[None]:
-        """A shorter deadline for the round trips inside the block (readiness has its own budget)."""
-        saved = self.deadline_seconds
-        self.deadline_seconds = seconds if saved is None else min(saved, seconds)
-        try:
-            yield
-        finally:
-            self.deadline_seconds = saved
-
-
 class _PgDigestScope:
-    def __init__(self, conn: _DeadlineConnection) -> None:
+    def __init__(self, conn: DeadlineConnection) -> None:
         self._conn = conn
 
     def insert(self, new: NewMedia) -> MediaRecord:
-        with _unavailable_on_failure(), self._conn.transaction():
+        with translate_errors(), self._conn.transaction():
             row = self._conn.execute(
                 f"INSERT INTO media (id, owner, filename, content_type, size, sha256, status)"  # noqa: S608
                 f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
@@ -241,7 +150,7 @@ class _PgDigestScope:
         return _record(row)
 
     def complete(self, media_id: uuid.UUID, sha256: str, size: int) -> MediaRecord | None:
-        with _unavailable_on_failure(), self._conn.transaction():
+        with translate_errors(), self._conn.transaction():
             row = self._conn.execute(
                 "UPDATE media SET status = 'ready', sha256 = %s, size = %s, claimed_at = NULL,"  # noqa: S608
                 f" updated_at = clock_timestamp() WHERE id = %s AND status = 'pending' RETURNING {_COLUMNS}",
@@ -250,7 +159,7 @@ class _PgDigestScope:
         return _record(row) if row else None
 
     def delete(self, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
-        with _unavailable_on_failure(), self._conn.transaction():
+        with translate_errors(), self._conn.transaction():
             row = self._conn.execute(
                 "DELETE FROM media WHERE id = %s AND sha256 IS NOT DISTINCT FROM %s"  # noqa: S608
                 f" RETURNING {_COLUMNS}",
@@ -259,7 +168,7 @@ class _PgDigestScope:
         return _record(row) if row else None
 
     def references(self, sha256: str) -> int:
-        with _unavailable_on_failure():
+        with translate_errors():
             row = self._conn.execute(
                 "SELECT count(*) AS n FROM media WHERE sha256 = %s", (sha256,)
             ).fetchone()
@@ -271,93 +180,8 @@ class PgMediaRepository:
     """Opens its pool on construction; build it per process, after the fork (see services.py)."""
 
     def __init__(self, conninfo: str, *, max_size: int = 8, timeout_seconds: float = 2.0) -> None:
-        self._timeout = timeout_seconds
-        client_deadline = timeout_seconds + _CLIENT_MARGIN_SECONDS
-
-        def configure(conn: _DeadlineConnection) -> None:
-            conn.deadline_seconds = client_deadline
-
-        self._pool: psycopg_pool.ConnectionPool[_DeadlineConnection] = psycopg_pool.ConnectionPool(
-            conninfo,
-            min_size=1,
-            max_size=max_size,
-            timeout=timeout_seconds,  # the checkout
-            # Beyond this many requests already waiting for a connection, the next one is refused at
-            # once (503): the queue in front of the pool is bounded, not only by the thread count.
-            max_waiting=4 * max_size,
-            open=False,
-            # A failed connection attempt is retried once at once, then given up: no backoff timer
-            # outlives an outage. The pool grows again on the next request that waits for a
-            # connection, so it recovers as soon as PostgreSQL answers.
-            reconnect_timeout=0,
-            connection_class=_DeadlineConnection,
-            configure=configure,
-            kwargs={
-                "autocommit": True,
-                # A cluster created with SQL_ASCII would otherwise hand back bytes for text.
-                "client_encoding": "utf8",
-                "row_factory": dict_row,
-                "application_name": "media",
-                # libpq counts the whole connection set-up, TLS and authentication included.
-                "connect_timeout": max(2, round(timeout_seconds)),
-                "options": f"-c statement_timeout={round(timeout_seconds * 1000)}",
-                # TCP only (ignored on Unix sockets): notice a peer that vanished, idle or not.
-                "keepalives": 1,
-                "keepalives_idle": max(1, round(2 * timeout_seconds)),
-                "keepalives_interval": max(1, round(timeout_seconds)),
-                "keepalives_count": 3,
-                "tcp_user_timeout": round(2 * client_deadline * 1000),
-            },
-            name="media",
-        )
-        self._pool.open(wait=False)
-        self._checking = threading.Lock()
-        # While PostgreSQL is silent, requests are refused at once rather than each waiting the
-        # deadline (and queuing behind each other); one tries again every `timeout_seconds`.
-        self._breaker = CircuitBreaker(timeout_seconds)
-
-    @contextmanager
-    def _conn(self) -> Iterator[_DeadlineConnection]:
-        if not self._breaker.allow():
-            raise DatabaseUnavailable("PostgreSQL did not answer just now; retry in a moment")
-        try:
-            with (
-                _unavailable_on_failure(),
-                self._pool.connection(timeout=self._timeout) as conn,
-            ):
-                yield conn
-        except DatabaseUnavailable as exc:
-            if _silent(exc.__cause__):
-                self._breaker.failed()
-            else:
-                self._breaker.released()
-            self._flush_stale_connections()
-            raise
-        except BaseException:
-            self._breaker.released()  # the caller's own error: says nothing about PostgreSQL
-            raise
-        else:
-            self._breaker.succeeded()
-
-    def _flush_stale_connections(self) -> None:
-        """After a failure, check the idle connections in the background and drop the broken ones.
-
-        Checking every connection on checkout would cost a round trip per request; instead a
-        connection that broke while PostgreSQL was away fails one request (503), and this makes
-        sure its idle siblings do not each fail another one once the database is back.
-        """
-        if not self._checking.acquire(blocking=False):
-            return
-
-        def check() -> None:
-            try:
-                self._pool.check()
-            except Exception:  # the database may still be away; the next failure checks again
-                log.debug("pool check failed", exc_info=True)
-            finally:
-                self._checking.release()
-
-        threading.Thread(target=check, name="media-pool-check", daemon=True).start()
+        self._db = Database(conninfo, max_size=max_size, timeout_seconds=timeout_seconds)
+        self._conn = self._db.connection
 
     def get(self, media_id: uuid.UUID) -> MediaRecord | None:
         with self._conn() as conn:
@@ -490,8 +314,9 @@ class PgMediaRepository:
     def ping(self) -> None:
         """One round trip, the checkout included, within `timeout_seconds` in all (readiness)."""
         started = time.monotonic()
-        with self._conn() as conn, conn.deadline(max(0.05, self._timeout - (time.monotonic() - started))):
+        timeout = self._db.timeout_seconds
+        with self._conn() as conn, conn.deadline(max(0.05, timeout - (time.monotonic() - started))):
             conn.execute("SELECT 1")
 
     def close(self) -> None:
-        self._pool.close()
+        self._db.close()

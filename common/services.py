@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from common.cas import BlobStore, LocalBlobStore
 from common.config import Config, ConfigError
+from common.database import conninfo_problem
 from common.maintenance import start_maintenance
-from common.repository import MediaRepository, PgMediaRepository, conninfo_problem
+from common.repository import MediaRepository, PgMediaRepository
 from common.signing import KeyRing
 from common.tokens import HS256Verifier, TokenVerifier
 
