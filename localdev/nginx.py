@@ -40,8 +40,12 @@ _INGRESS_ERRORS = (
     (400, 400, "The request is malformed"),
     (404, 404, "No route for this path"),
     (414, 414, "The request line is too long"),
+    (411, 411, "Send Content-Length or a chunked body"),
+    (413, 413, "The body is too large for the ingress"),
     (494, 431, "A request header is too large"),
     (500, 500, "The ingress failed"),
+    (501, 501, "The ingress does not implement this (a Transfer-Encoding, say)"),
+    (505, 505, "This HTTP version is not supported"),
 )
 
 

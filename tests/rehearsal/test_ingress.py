@@ -130,6 +130,8 @@ def test_make_up_serves_through_nginx_and_stops_everything_on_ctrl_c(tmp_path: P
         (b"BLAH\r\n\r\n", 400),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
         (b"GET /media HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+        (b"POST /media HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"GET /media HTTP/3.0\r\nHost: t\r\n\r\n", 505),
         (b"GET /_ingress_problems/400 HTTP/1.1\r\nHost: t\r\n\r\n", 404),  # internal: not routable
     ],
 )
