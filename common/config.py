@@ -49,14 +49,31 @@ VARIABLES: tuple[Variable, ...] = (
         None,
         "PostgreSQL URL; unset: `make run` starts an embedded PostgreSQL (required in production)",
     ),
+    Variable("MEDIA_AUTH_MODE", "offline", "How bearer tokens are checked: offline, introspect or both"),
     Variable(
         "MEDIA_JWT_SECRET",
         None,
         "HS256 secret for bearer tokens; unset: `make run` generates `<data dir>/dev/jwt-secret`",
     ),
-    Variable("MEDIA_JWT_ISSUER", None, "Expected `iss` claim; not checked when unset"),
+    Variable("MEDIA_JWKS_URL", None, "The provider's JWKS (RS256, ES256, EdDSA tokens); unset: discovered"),
+    Variable(
+        "MEDIA_JWT_ALGORITHMS",
+        "RS256,ES256,EdDSA,HS256",
+        "Algorithms accepted (HS256 only with MEDIA_JWT_SECRET, the others only with the JWKS)",
+    ),
+    Variable("MEDIA_JWKS_MIN_REFRESH_SECONDS", "60", "An unknown `kid` refetches the JWKS at most so often"),
+    Variable("MEDIA_JWT_ISSUER", None, "Expected `iss`, and where discovery looks; not checked when unset"),
     Variable("MEDIA_JWT_AUDIENCE", None, "Expected `aud` claim; not checked when unset"),
-    Variable("MEDIA_JWT_LEEWAY_SECONDS", "30", "Clock leeway for `exp`/`nbf`"),
+    Variable("MEDIA_JWT_LEEWAY_SECONDS", "30", "Clock leeway for `exp`/`nbf`/`iat`"),
+    Variable("MEDIA_INTROSPECTION_URL", None, "RFC 7662 introspection endpoint; unset: discovered"),
+    Variable("MEDIA_INTROSPECTION_CLIENT_ID", None, "The service's client id at the introspection endpoint"),
+    Variable("MEDIA_INTROSPECTION_CLIENT_SECRET", None, "Its client secret"),
+    Variable(
+        "MEDIA_INTROSPECTION_CACHE_SECONDS",
+        "30",
+        "How long an active introspection answer is reused (never past the token's `exp`)",
+    ),
+    Variable("MEDIA_PROVIDER_TIMEOUT_SECONDS", "2", "Timeout of each call to the identity provider"),
     Variable("MEDIA_MAX_UPLOAD_BYTES", str(100 * MiB), "Largest accepted upload (100 MiB)"),
     Variable(
         "MEDIA_ALLOWED_TYPES",
@@ -154,6 +171,38 @@ def _float(env: Mapping[str, str], name: str) -> float:
     return value
 
 
+AUTH_MODES = ("offline", "introspect", "both")
+JWT_ALGORITHMS = ("RS256", "ES256", "EdDSA", "HS256")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = _get(env, name) or ""
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _algorithms(raw: str | None) -> frozenset[str]:
+    names = frozenset(a.strip() for a in (raw or "").split(",") if a.strip())
+    bad = sorted(names - set(JWT_ALGORITHMS))
+    if not names or bad:
+        raise ConfigError(
+            f"MEDIA_JWT_ALGORITHMS takes some of {', '.join(JWT_ALGORITHMS)}, got {raw!r}"
+            + (" (`none` is never accepted)" if "none" in bad else "")
+        )
+    return names
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    parsed = urlsplit(raw)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name} must be an absolute http(s) URL, got {raw!r}")
+    return raw
+
+
 def _log_level(raw: str | None) -> str:
     level = (raw or "INFO").upper()
     if level not in LOG_LEVELS:
@@ -195,10 +244,19 @@ class Config:
     host: str
     data_dir: Path
     database_url: str | None
+    auth_mode: str
     jwt_secret: str | None
+    jwks_url: str | None
+    jwt_algorithms: frozenset[str]
+    jwks_min_refresh_seconds: float
     jwt_issuer: str | None
     jwt_audience: str | None
     jwt_leeway_seconds: int
+    introspection_url: str | None
+    introspection_client_id: str | None
+    introspection_client_secret: str | None
+    introspection_cache_seconds: float
+    provider_timeout_seconds: float
     max_upload_bytes: int
     allowed_types: frozenset[str]
     public_base_url: str
@@ -232,10 +290,19 @@ class Config:
             host=_get(env, "MEDIA_HOST") or "127.0.0.1",
             data_dir=data_dir,
             database_url=_get(env, "MEDIA_DATABASE_URL"),
+            auth_mode=_choice(env, "MEDIA_AUTH_MODE", AUTH_MODES),
             jwt_secret=_get(env, "MEDIA_JWT_SECRET"),
+            jwks_url=_url(env, "MEDIA_JWKS_URL"),
+            jwt_algorithms=_algorithms(_get(env, "MEDIA_JWT_ALGORITHMS")),
+            jwks_min_refresh_seconds=_float(env, "MEDIA_JWKS_MIN_REFRESH_SECONDS"),
             jwt_issuer=_get(env, "MEDIA_JWT_ISSUER"),
             jwt_audience=_get(env, "MEDIA_JWT_AUDIENCE"),
             jwt_leeway_seconds=_int(env, "MEDIA_JWT_LEEWAY_SECONDS"),
+            introspection_url=_url(env, "MEDIA_INTROSPECTION_URL"),
+            introspection_client_id=_get(env, "MEDIA_INTROSPECTION_CLIENT_ID"),
+            introspection_client_secret=_get(env, "MEDIA_INTROSPECTION_CLIENT_SECRET"),
+            introspection_cache_seconds=_float(env, "MEDIA_INTROSPECTION_CACHE_SECONDS"),
+            provider_timeout_seconds=_float(env, "MEDIA_PROVIDER_TIMEOUT_SECONDS"),
             max_upload_bytes=_int(env, "MEDIA_MAX_UPLOAD_BYTES", minimum=1),
             allowed_types=_types(_get(env, "MEDIA_ALLOWED_TYPES")),
             public_base_url=_base_url(_get(env, "MEDIA_PUBLIC_BASE_URL") or f"http://localhost:{port}"),
@@ -267,13 +334,34 @@ class Config:
             raise ConfigError("MEDIA_PRESIGN_SECRET is not set")
         return self.presign_secret
 
-    def require_jwt_secret(self) -> str:
-        if not self.jwt_secret:
-            raise ConfigError("MEDIA_JWT_SECRET is not set")
-        if len(self.jwt_secret) < 32:
+    @property
+    def offline(self) -> bool:
+        return self.auth_mode in ("offline", "both")
+
+    @property
+    def online(self) -> bool:
+        return self.auth_mode in ("introspect", "both")
+
+    def check_auth(self) -> None:
+        """What MEDIA_AUTH_MODE needs is there: a way to check JWTs offline, a way to introspect."""
+        if self.offline and not (self.jwt_secret or self.jwks_url or self.jwt_issuer):
+            raise ConfigError(
+                f"MEDIA_AUTH_MODE={self.auth_mode} checks JWTs offline: set MEDIA_JWT_SECRET, "
+                "MEDIA_JWKS_URL or MEDIA_JWT_ISSUER (for discovery)"
+            )
+        if self.online:
+            if not (self.introspection_url or self.jwt_issuer):
+                raise ConfigError(
+                    f"MEDIA_AUTH_MODE={self.auth_mode} introspects tokens: set MEDIA_INTROSPECTION_URL "
+                    "or MEDIA_JWT_ISSUER (for discovery)"
+                )
+            if not (self.introspection_client_id and self.introspection_client_secret):
+                raise ConfigError(
+                    "MEDIA_INTROSPECTION_CLIENT_ID and MEDIA_INTROSPECTION_CLIENT_SECRET are not both set"
+                )
+        if self.jwt_secret and len(self.jwt_secret) < 32:
             warnings.warn(
                 "MEDIA_JWT_SECRET is shorter than 32 characters; use a long random secret in production",
                 DevelopmentModeWarning,
                 stacklevel=2,
             )
-        return self.jwt_secret

@@ -47,7 +47,7 @@ from common.repository import STATUSES, DigestScope, ListQuery, MediaRecord, New
 from common.services import Services
 from common.signing import check_download, sign_download
 from common.sniff import require_allowed
-from common.tokens import READ, WRITE, Principal, require_scope
+from common.tokens import DELETE, READ, WRITE, Principal, require_scope
 from common.uploads import receive_multipart
 
 log = logging.getLogger("media")
@@ -121,7 +121,7 @@ def delete(services: Services, principal: Principal, media_id: str) -> None:
     on it: a pending upload that completed meanwhile has a digest now, and the delete starts again
     under that digest's lock. A digest changes once at most (none, then the content's).
     """
-    require_scope(principal, WRITE)
+    require_scope(principal, DELETE)
     record = _visible(services, principal, media_id)
     for _ in range(3):
         with services.repo.digest_scope(record.sha256 or _NO_BLOB) as scope:

@@ -28,6 +28,7 @@ class Route:
     operation_id: str
     probe: bool = False  # also answered by every function for its own Kubernetes probes
     cors_allow_headers: tuple[str, ...] = ()  # OPTIONS: request headers the preflight allows
+    scopes: tuple[str, ...] = ()  # what a bearer token needs for it (OpenAPI `security`)
 
     @property
     def rule(self) -> str:
@@ -58,6 +59,11 @@ def routes() -> tuple[Route, ...]:
                     operation_id=op["operationId"],
                     probe=bool(op.get("x-probe", False)),
                     cors_allow_headers=tuple(op.get("x-cors-allow-headers", ())),
+                    scopes=tuple(
+                        scope
+                        for requirement in op.get("security", ())
+                        for scope in requirement.get("bearer", ())
+                    ),
                 )
             )
     return tuple(table)

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from common.cas import BlobStore, LocalBlobStore
 from common.config import Config, ConfigError
 from common.database import conninfo_problem
+from common.httpclient import HttpClient
 from common.maintenance import start_maintenance
+from common.oidc import Introspector, KeySet, ProviderMetadata, fixed
 from common.repository import MediaRepository, PgMediaRepository
 from common.signing import KeyRing
-from common.tokens import HS256Verifier, TokenVerifier
+from common.tokens import TokenVerifier
+from common.verifiers import CombinedVerifier, IntrospectionVerifier, JwtVerifier
 
 log = logging.getLogger("media.services")
 
@@ -43,7 +46,7 @@ def check_configuration(config: Config) -> None:
     problem = conninfo_problem(url)
     if problem is not None:
         raise ConfigError(f"MEDIA_DATABASE_URL is not a PostgreSQL connection string ({problem})")
-    config.require_jwt_secret()
+    config.check_auth()
     config.require_presign_secret()
     try:
         config.cas_root.mkdir(parents=True, exist_ok=True)
@@ -58,17 +61,57 @@ def build_services(config: Config, *, background: bool = True) -> Services:
         max_size=config.db_pool_max,
         timeout_seconds=config.db_timeout_seconds,
     )
-    verifier = HS256Verifier(
-        config.require_jwt_secret(),
-        issuer=config.jwt_issuer,
-        audience=config.jwt_audience,
-        leeway_seconds=config.jwt_leeway_seconds,
-    )
+    verifier = build_verifier(config)
     keys = KeyRing(config.require_presign_secret(), config.presign_previous_secret)
     services = Services(config=config, store=store, repo=repo, verifier=verifier, keys=keys)
     if background:
         start_maintenance(config, store, repo)
     return services
+
+
+def build_verifier(config: Config) -> TokenVerifier:
+    """The token verifier MEDIA_AUTH_MODE asks for; provider URLs come from discovery when unset."""
+    config.check_auth()
+    http = HttpClient(config.provider_timeout_seconds)
+    metadata = ProviderMetadata(config.jwt_issuer, http) if config.jwt_issuer else None
+
+    def endpoint(explicit: str | None, name: str) -> Callable[[], str] | None:
+        if explicit:
+            return fixed(explicit)
+        if metadata is not None:
+            return lambda: metadata.endpoint(name)
+        return None
+
+    offline = online = None
+    if config.offline:
+        jwks = endpoint(config.jwks_url, "jwks_uri")
+        keys = KeySet(jwks, http, min_refresh_seconds=config.jwks_min_refresh_seconds) if jwks else None
+        offline = JwtVerifier(
+            secret=config.jwt_secret,
+            keys=keys,
+            algorithms=config.jwt_algorithms,
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
+            leeway_seconds=config.jwt_leeway_seconds,
+        )
+    if config.online:
+        url = endpoint(config.introspection_url, "introspection_endpoint")
+        client_id, client_secret = config.introspection_client_id, config.introspection_client_secret
+        assert url is not None, "check_auth demands an introspection URL or an issuer"
+        assert client_id, "check_auth demands the client id"
+        assert client_secret, "check_auth demands the client secret"
+        introspector = Introspector(
+            url,
+            (client_id, client_secret),
+            http,
+            cache_seconds=config.introspection_cache_seconds,
+        )
+        online = IntrospectionVerifier(introspector, issuer=config.jwt_issuer, audience=config.jwt_audience)
+    if offline is not None and online is not None:
+        return CombinedVerifier(offline, online)
+    verifier = offline or online
+    assert verifier is not None
+    return verifier
 
 
 class ServiceProvider:

@@ -1,14 +1,19 @@
-"""Bearer tokens: parse the Authorization header, verify the JWT, and decide scopes.
+"""Bearer tokens: who the caller is and what it may do. Pure decisions, no network.
 
-`TokenVerifier` is the seam the OAuth2 issue (JWKS, introspection) plugs into; `HS256Verifier`
-is the shared-secret verifier this service starts with. The scope decisions are pure functions.
+- `bearer_token` reads the Authorization header (RFC 6750).
+- `check_header` decides whether a JWT's header can be trusted at all, before any key is chosen.
+- `principal_from_claims` turns verified claims into a `Principal`: a user, or a client acting on
+  its own behalf (client credentials: no user, or `sub` equal to the client id).
+- `require_scope` is the authorisation rule every use case applies.
+
+The verifiers that check signatures or ask the provider are in `verifiers.py`, behind the
+`TokenVerifier` seam.
 """
 
 from __future__ import annotations
 
-import threading
+import re
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,22 +25,40 @@ from common.text import problem_in
 
 READ = "media:read"
 WRITE = "media:write"
+DELETE = "media:delete"
 ADMIN = "media:admin"
-ALL_SCOPES = (READ, WRITE, ADMIN)
+ALL_SCOPES = (READ, WRITE, DELETE, ADMIN)
+
+# Algorithms a token may name. HS256 is only ever checked against the shared secret, and the
+# asymmetric ones only against the provider's published keys: never one key with the other kind.
+ASYMMETRIC_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+HS256 = "HS256"
+# Header parameters that would have us fetch or trust a key the token itself names.
+_UNTRUSTED_HEADER_PARAMETERS = ("jku", "x5u", "jwk")
+_ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+_KID = re.compile(r"^[A-Za-z0-9._~+=-]{1,128}$")
+CLIENT_PREFIX = "client:"
 
 
 @dataclass(frozen=True)
 class Principal:
-    subject: str
+    subject: str  # a user id, or `client:<id>` for a client acting on its own behalf
     scopes: frozenset[str]
+    client_id: str | None = None  # set when the caller is a client, not a user
 
     @property
     def is_admin(self) -> bool:
         return ADMIN in self.scopes
 
+    @property
+    def is_client(self) -> bool:
+        return self.client_id is not None
+
 
 class TokenVerifier(Protocol):
-    def verify(self, token: str) -> Principal: ...
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; Unauthorized (401), or ServiceUnavailable (503) when
+        the identity provider cannot be asked."""
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -67,94 +90,63 @@ def require_scope(principal: Principal, *accepted: str) -> None:
     raise Forbidden(f"This operation needs the scope {' or '.join(accepted)}", scope=" ".join(accepted))
 
 
-def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject.strip():
-        raise Unauthorized("The token has no subject (`sub`)")
-    problem = problem_in(subject)
+def _text_claim(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise Unauthorized(f"The token's `{name}` is not a non-empty string")
+    problem = problem_in(value)
     if problem is not None:
-        raise Unauthorized(f"The token's subject (`sub`) {problem}")
-    return Principal(subject=subject, scopes=scopes_from_claims(claims))
+        raise Unauthorized(f"The token's `{name}` {problem}")
+    return value
 
 
-class HS256Verifier:
-    """Shared-secret JWTs. The algorithm list is fixed: a token naming `none` or RS256 is refused.
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    """A user when `sub` names one; a client when there is no user (RFC 9068 §2.2: client
+    credentials give `sub` = the client id, or only `client_id`/`azp`)."""
+    subject = _text_claim(claims, "sub")
+    client = _text_claim(claims, "client_id") or _text_claim(claims, "azp")
+    scopes = scopes_from_claims(claims)
+    if subject is not None and subject != client:
+        if subject.startswith(CLIENT_PREFIX):
+            raise Unauthorized("A user's subject cannot start with `client:`")
+        return Principal(subject=subject, scopes=scopes)
+    if client is None:
+        raise Unauthorized("The token has no subject (`sub`) and no client (`client_id`)")
+    return Principal(subject=CLIENT_PREFIX + client, scopes=scopes, client_id=client)
 
-    Tokens that verified are remembered (up to `cache_size`, keyed by the whole token) until they
-    expire: verifying the same token again can only give the same answer, and decoding a JWT was
-    the largest single cost of a metadata request in the rehearsal profile.
-    """
 
-    algorithms = ("HS256",)
-    cache_size = 4096
+@dataclass(frozen=True)
+class TrustedHeader:
+    alg: str
+    kid: str | None
 
-    def __init__(
-        self,
-        secret: str,
-        *,
-        issuer: str | None = None,
-        audience: str | None = None,
-        leeway_seconds: int = 30,
-    ) -> None:
-        self._secret = secret
-        self._issuer = issuer
-        self._audience = audience
-        self._leeway = leeway_seconds
-        self._cache: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
-        self._lock = threading.Lock()
 
-    def verify(self, token: str) -> Principal:
-        now = time.time()
-        with self._lock:
-            hit = self._cache.get(token)
-            if hit is not None:
-                self._cache.move_to_end(token)
-        if hit is not None:
-            principal, expires, not_before = hit
-            if now > expires + self._leeway:
-                raise Unauthorized("The token has expired")
-            if now < not_before - self._leeway:
-                raise Unauthorized("The token is not valid yet (nbf)")
-            return principal
-        claims = self._decode(token)
-        principal = principal_from_claims(claims)
-        entry = (principal, float(claims["exp"]), float(claims.get("nbf", 0)))
-        with self._lock:
-            self._cache[token] = entry
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return principal
+def check_header(token: str, algorithms: Iterable[str]) -> TrustedHeader:
+    """The header of a JWT, if it may be trusted at all (nothing is fetched, nothing verified)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise Unauthorized("The token is malformed or its signature does not verify") from None
+    for name in _UNTRUSTED_HEADER_PARAMETERS:
+        if name in header:
+            raise Unauthorized(f"The token's `{name}` header is not accepted: keys come from the provider")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
+        raise Unauthorized("The token's `typ` is neither JWT nor at+jwt")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise Unauthorized("The token's algorithm is not accepted")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not _KID.match(kid)):
+        raise Unauthorized("The token's `kid` is not a key id")
+    return TrustedHeader(alg, kid)
 
-    def _decode(self, token: str) -> dict[str, Any]:
-        try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=list(self.algorithms),
-                issuer=self._issuer,
-                audience=self._audience,
-                leeway=self._leeway,
-                options={
-                    "require": ["exp", "sub"],
-                    "verify_aud": self._audience is not None,
-                    "verify_iss": self._issuer is not None,
-                },
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("The token is not valid yet (nbf)") from None
-        except jwt.InvalidAudienceError:
-            raise Unauthorized("The token is for another audience") from None
-        except jwt.InvalidIssuerError:
-            raise Unauthorized("The token is from another issuer") from None
-        except jwt.InvalidAlgorithmError:
-            raise Unauthorized("The token's algorithm is not accepted") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise Unauthorized(f"The token lacks the `{exc.claim}` claim") from None
-        except jwt.InvalidTokenError:
-            raise Unauthorized("The token is malformed or its signature does not verify") from None
-        return dict(claims)
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url parts: a JWT (an opaque token from the provider is anything else)."""
+    return token.count(".") == 2 and all(re.fullmatch(r"[A-Za-z0-9_-]+", p) for p in token.split(".")[:2])
 
 
 def issue_hs256(
@@ -182,4 +174,4 @@ def issue_hs256(
     if audience:
         claims["aud"] = audience
     claims.update(extra or {})
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode(claims, secret, algorithm=HS256)

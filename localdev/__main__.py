@@ -84,8 +84,13 @@ def prepare() -> tuple[Config, Any, bool]:
     except OSError as exc:
         raise ConfigError(f"MEDIA_DATA_DIR: cannot create {config.data_dir} ({exc.strerror})") from None
 
-    dev_jwt = not config.jwt_secret
-    for variable, name in (("MEDIA_JWT_SECRET", "jwt-secret"), ("MEDIA_PRESIGN_SECRET", "presign-secret")):
+    # The development JWT secret, unless a real identity provider is configured (see README, Security).
+    provider = config.jwks_url or config.jwt_issuer or config.online
+    dev_jwt = not config.jwt_secret and not provider
+    generated = [("MEDIA_PRESIGN_SECRET", "presign-secret")]
+    if dev_jwt:
+        generated.append(("MEDIA_JWT_SECRET", "jwt-secret"))
+    for variable, name in generated:
         if not os.environ.get(variable):
             os.environ[variable] = devsecrets.secret(config.data_dir, name)
             warnings.warn(

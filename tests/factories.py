@@ -15,7 +15,8 @@ from common.config import Config
 from common.memory_repository import InMemoryMediaRepository
 from common.services import Services
 from common.signing import KeyRing
-from common.tokens import READ, WRITE, HS256Verifier, issue_hs256
+from common.tokens import DELETE, READ, WRITE, issue_hs256
+from common.verifiers import JwtVerifier
 
 TEST_SECRET = "test-secret-" + "x" * 40
 PRESIGN_SECRET = "presign-secret-" + "p" * 40
@@ -29,7 +30,7 @@ def memory_services(clock: Callable[[], float] | None = None, **env: str) -> Ser
         config=Config.from_env({"MEDIA_JWT_SECRET": TEST_SECRET, **env}),
         store=InMemoryBlobStore(),
         repo=InMemoryMediaRepository(),
-        verifier=HS256Verifier(TEST_SECRET),
+        verifier=JwtVerifier(secret=TEST_SECRET),
         keys=KeyRing(PRESIGN_SECRET),
         **extra,
     )
@@ -69,7 +70,7 @@ def elf() -> bytes:
 
 def token(
     subject: str | None = None,
-    scopes: Iterable[str] = (READ, WRITE),
+    scopes: Iterable[str] = (READ, WRITE, DELETE),
     secret: str = TEST_SECRET,
     **kwargs: object,
 ) -> str:

@@ -15,7 +15,7 @@ from common import media
 from common.problems import DatabaseUnavailable
 from common.repository import ListQuery, NewMedia, NewPending, PgMediaRepository
 from common.services import Services
-from common.tokens import READ, WRITE, Principal
+from common.tokens import DELETE, READ, WRITE, Principal
 from tests.factories import png, upload_body
 from tests.support import RunningPostgres, delete_racing_a_completion
 
@@ -75,7 +75,7 @@ def test_digest_scope_excludes_other_holders_of_the_same_digest(services: Servic
 
 
 def test_a_delete_racing_an_upload_of_the_same_bytes_never_strands_a_record(services: Services) -> None:
-    alice = Principal("race-" + uuid.uuid4().hex, frozenset({READ, WRITE}))
+    alice = Principal("race-" + uuid.uuid4().hex, frozenset({READ, WRITE, DELETE}))
     data = png()
     body, ctype = upload_body(data)
     for _ in range(15):
@@ -92,7 +92,7 @@ def test_a_delete_racing_an_upload_of_the_same_bytes_never_strands_a_record(serv
 
 
 def test_a_delete_racing_the_completion_of_its_upload_leaves_no_orphan(services: Services) -> None:
-    alice = Principal("alice-" + uuid.uuid4().hex[:8], frozenset({READ, WRITE}))
+    alice = Principal("alice-" + uuid.uuid4().hex[:8], frozenset({READ, WRITE, DELETE}))
     digest = delete_racing_a_completion(services, alice, png())
     assert services.repo.list_media(ListQuery(owner=alice.subject, limit=10)) == []
     assert not services.store.exists(digest)

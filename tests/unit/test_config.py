@@ -44,6 +44,10 @@ def test_values_are_parsed() -> None:
         ("MEDIA_ALLOWED_TYPES", ","),
         ("MEDIA_DB_TIMEOUT_SECONDS", "0"),
         ("MEDIA_DB_TIMEOUT_SECONDS", "soon"),
+        ("MEDIA_AUTH_MODE", "trusting"),
+        ("MEDIA_JWT_ALGORITHMS", "none"),
+        ("MEDIA_JWT_ALGORITHMS", "RS256,HS512"),
+        ("MEDIA_JWKS_URL", "file:///etc/keys"),
     ],
 )
 def test_malformed_values_name_the_variable(name: str, value: str) -> None:
@@ -54,8 +58,15 @@ def test_malformed_values_name_the_variable(name: str, value: str) -> None:
 def test_required_values_are_demanded_by_name() -> None:
     with pytest.raises(ConfigError, match="MEDIA_DATABASE_URL"):
         Config.from_env({}).require_database_url()
-    with pytest.raises(ConfigError, match="MEDIA_JWT_SECRET"):
-        Config.from_env({}).require_jwt_secret()
+    with pytest.raises(ConfigError, match="MEDIA_JWT_SECRET, MEDIA_JWKS_URL or MEDIA_JWT_ISSUER"):
+        Config.from_env({}).check_auth()
+    with pytest.raises(ConfigError, match="MEDIA_INTROSPECTION_URL"):
+        Config.from_env({"MEDIA_AUTH_MODE": "introspect"}).check_auth()
+    with pytest.raises(ConfigError, match="MEDIA_INTROSPECTION_CLIENT_ID"):
+        Config.from_env(
+            {"MEDIA_AUTH_MODE": "both", "MEDIA_JWKS_URL": "https://id/jwks", "MEDIA_JWT_ISSUER": "https://id"}
+        ).check_auth()
+    Config.from_env({"MEDIA_JWKS_URL": "https://id.example/jwks"}).check_auth()  # enough offline
 
 
 def test_readme_documents_every_variable_with_its_default() -> None:

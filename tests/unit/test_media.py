@@ -11,12 +11,12 @@ from common import media
 from common.problems import BadRequest, Forbidden, NotFound, TypeNotAllowed
 from common.repository import ListQuery, MediaRecord
 from common.services import Services
-from common.tokens import ADMIN, READ, WRITE, Principal
+from common.tokens import ADMIN, DELETE, READ, WRITE, Principal
 from tests.factories import elf, jpeg, memory_services, pdf, png, upload_body
 from tests.support import delete_racing_a_completion
 
-ALICE = Principal("alice", frozenset({READ, WRITE}))
-BOB = Principal("bob", frozenset({READ, WRITE}))
+ALICE = Principal("alice", frozenset({READ, WRITE, DELETE}))
+BOB = Principal("bob", frozenset({READ, WRITE, DELETE}))
 ADMIN_P = Principal("root", frozenset({ADMIN}))
 
 

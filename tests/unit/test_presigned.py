@@ -26,10 +26,10 @@ from common.problems import (
 from common.repository import ListQuery, MediaRecord
 from common.services import Services
 from common.signing import KeyRing
-from common.tokens import READ, WRITE, Principal
+from common.tokens import DELETE, READ, WRITE, Principal
 from tests.factories import elf, jpeg, memory_services, png
 
-ALICE = Principal("alice", frozenset({READ, WRITE}))
+ALICE = Principal("alice", frozenset({READ, WRITE, DELETE}))
 
 
 class Clock:

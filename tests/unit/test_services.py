@@ -10,7 +10,7 @@ from common.maintenance import start_maintenance
 from common.memory_repository import InMemoryMediaRepository
 from common.services import ServiceProvider, Services
 from common.signing import KeyRing
-from common.tokens import HS256Verifier
+from common.verifiers import JwtVerifier
 from tests.factories import PRESIGN_SECRET, TEST_SECRET
 
 
@@ -19,7 +19,7 @@ def make_services(tmp_path: Path, **env: str) -> Services:
         config=Config.from_env(env),
         store=LocalBlobStore(tmp_path),
         repo=InMemoryMediaRepository(),
-        verifier=HS256Verifier(TEST_SECRET),
+        verifier=JwtVerifier(secret=TEST_SECRET),
         keys=KeyRing(PRESIGN_SECRET),
     )
 

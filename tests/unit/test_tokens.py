@@ -10,16 +10,17 @@ from common.tokens import (
     ADMIN,
     READ,
     WRITE,
-    HS256Verifier,
     Principal,
     bearer_token,
     issue_hs256,
+    principal_from_claims,
     require_scope,
     scopes_from_claims,
 )
+from common.verifiers import JwtVerifier
 
 SECRET = "s" * 40
-verifier = HS256Verifier(SECRET, leeway_seconds=5)
+verifier = JwtVerifier(secret=SECRET, leeway_seconds=5)
 
 
 def test_a_valid_token_gives_subject_and_scopes() -> None:
@@ -60,7 +61,7 @@ def test_leeway_accepts_a_token_just_expired() -> None:
 
 
 def test_issuer_and_audience_are_checked_when_configured() -> None:
-    strict = HS256Verifier(SECRET, issuer="https://id.example", audience="media")
+    strict = JwtVerifier(secret=SECRET, issuer="https://id.example", audience="media")
     good = issue_hs256(SECRET, "alice", issuer="https://id.example", audience="media")
     assert strict.verify(good).subject == "alice"
     with pytest.raises(Unauthorized, match="issuer"):
@@ -102,7 +103,7 @@ def test_require_scope() -> None:
 
 
 def test_a_remembered_token_still_expires_and_still_waits_for_nbf() -> None:
-    cached = HS256Verifier(SECRET, leeway_seconds=0)
+    cached = JwtVerifier(secret=SECRET, leeway_seconds=0)
     short = issue_hs256(SECRET, "alice", ttl_seconds=1)
     assert cached.verify(short).subject == "alice"
     assert cached.verify(short).subject == "alice"  # from the cache
@@ -112,3 +113,25 @@ def test_a_remembered_token_still_expires_and_still_waits_for_nbf() -> None:
     tampered = short[:-2] + ("AA" if not short.endswith("AA") else "BB")
     with pytest.raises(Unauthorized):
         cached.verify(tampered)  # a different string is verified on its own
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"sub": "alice", "azp": "web-app"}, Principal("alice", frozenset())),  # a user, through an app
+        ({"sub": "svc", "client_id": "svc"}, Principal("client:svc", frozenset(), "svc")),  # RFC 9068
+        ({"client_id": "svc", "scope": "media:read"}, Principal("client:svc", frozenset({READ}), "svc")),
+        ({"azp": "indexer"}, Principal("client:indexer", frozenset(), "indexer")),
+    ],
+)
+def test_a_token_without_a_user_acts_as_its_client(claims: dict[str, object], expected: Principal) -> None:
+    assert principal_from_claims(claims) == expected
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{}, {"sub": ""}, {"sub": 7}, {"sub": "client:svc"}, {"client_id": "a\x00b"}, {"sub": "\ud800"}],
+)
+def test_a_token_must_name_a_user_or_a_client(claims: dict[str, object]) -> None:
+    with pytest.raises(Unauthorized):
+        principal_from_claims(claims)
