@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# What the browser tests, the rehearsal drills and the benchmark need from outside PyPI: Debian's
-# Chromium and ChromeDriver, nginx (the ingress and the benchmark's peer) and wrk, and Uppy from
-# the npm registry (tests/browser/package-lock.json). Installed when missing and possible;
-# otherwise those tests say loudly that they did not run (and fail under
-# MEDIA_TEST_REQUIRE_BROWSER=1 / MEDIA_TEST_REQUIRE_REHEARSAL=1, as in CI).
+# What the browser tests, the rehearsal drills, the OAuth2 tests and the benchmark need from outside
+# PyPI: Debian's Chromium and ChromeDriver, nginx (the ingress and the benchmark's peer) and wrk, and
+# from the npm registry Uppy (tests/browser/package-lock.json) and oidc-provider (tests/oidc).
+# Installed when missing and possible; otherwise those tests say loudly that they did not run (and
+# fail under MEDIA_TEST_REQUIRE_BROWSER=1 / MEDIA_TEST_REQUIRE_REHEARSAL=1 / MEDIA_TEST_REQUIRE_OIDC=1,
+# as in CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATH=$PATH:/usr/sbin:/sbin
@@ -24,10 +25,12 @@ if ((${#missing[@]})); then
   fi
 fi
 if command -v npm >/dev/null; then
-  if [[ ! -f tests/browser/node_modules/.package-lock.json ]] \
-     || [[ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]]; then
-    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-  fi
+  for dir in tests/browser tests/oidc; do  # Uppy; oidc-provider (a real OAuth2 provider)
+    if [[ ! -f $dir/node_modules/.package-lock.json ]] \
+       || [[ $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]]; then
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+  done
 else
-  echo "browser tests need Node.js and npm for Uppy" >&2
+  echo "browser and OAuth2 provider tests need Node.js and npm (Uppy, oidc-provider)" >&2
 fi

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import io
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterable
@@ -103,3 +107,15 @@ def multipart(
 
 def upload_body(data: bytes, filename: str = "photo.png") -> tuple[bytes, str]:
     return multipart([("file", filename, data)])
+
+
+def hs256_signed_with(claims: dict[str, object], key: bytes, kid: str | None = None) -> str:
+    """What PyJWT refuses to make: an HS256 token whose secret is, say, a provider's public key
+    (the key-confusion attack)."""
+
+    def part(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = {"alg": "HS256", **({"kid": kid} if kid else {})}
+    signing_input = part(json.dumps(header).encode()) + b"." + part(json.dumps(claims).encode())
+    return (signing_input + b"." + part(hmac.new(key, signing_input, hashlib.sha256).digest())).decode()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from typing import Any
@@ -19,6 +16,7 @@ from common.oidc import Introspector, KeySet, ProviderMetadata, fixed
 from common.problems import ServiceUnavailable, Unauthorized
 from common.tokens import Principal, check_header
 from common.verifiers import CombinedVerifier, IntrospectionVerifier, JwtVerifier
+from tests.factories import hs256_signed_with
 
 JWKS = "https://id.example/jwks"
 SECRET = "shared-" + "s" * 40
@@ -133,18 +131,6 @@ def test_keys_for_encryption_never_verify_and_a_kid_less_token_needs_an_unambigu
         offline(Provider([jwk, other])).verify(sign(private, None))
 
 
-def hs256_by_hand(claims: dict[str, Any], key: bytes) -> str:
-    """What PyJWT refuses to make: an HS256 token whose secret is the provider's public key."""
-
-    def part(data: bytes) -> bytes:
-        return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-    signing_input = (
-        part(json.dumps({"alg": "HS256", "kid": "k"}).encode()) + b"." + part(json.dumps(claims).encode())
-    )
-    return (signing_input + b"." + part(hmac.new(key, signing_input, hashlib.sha256).digest())).decode()
-
-
 def test_classic_attacks_are_401() -> None:
     private, jwk = rsa_key("k")
     public_pem = private.public_key().public_bytes(
@@ -155,7 +141,7 @@ def test_classic_attacks_are_401() -> None:
     claims = {"sub": "mallory", "scope": "media:admin", "exp": now + 300}
     attacks = {
         "alg none": jwt.encode(claims, "", algorithm="none"),
-        "HS256 with the public key": hs256_by_hand(claims, public_pem),
+        "HS256 with the public key": hs256_signed_with(claims, public_pem, "k"),
         "jku to the attacker's keys": jwt.encode(
             claims, attacker, algorithm="RS256", headers={"kid": "k", "jku": "https://evil.example/jwks"}
         ),
