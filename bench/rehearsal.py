@@ -274,6 +274,9 @@ def main() -> int:
                 "MEDIA_MAX_UPLOAD_BYTES": str(2 * GiB),
                 "MEDIA_DOWNLOAD_URL_TTL_SECONDS": "3600",
                 "MEDIA_LOG_LEVEL": "WARNING",
+                "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE": "0",  # the benchmark is one client, on purpose
+                "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP": "0",
+                "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR": "0",
             },
         )
         try:

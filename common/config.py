@@ -119,6 +119,23 @@ VARIABLES: tuple[Variable, ...] = (
         "A blob no record references is removed once it is this old (the reconciler)",
     ),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
+    Variable("MEDIA_AUDIT_LOG", "on", "The audit events on the logger `media.audit`: on or off"),
+    Variable("MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE", "60", "Uploads and presigned URLs per subject; 0: off"),
+    Variable(
+        "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP",
+        "600",
+        "Uploads, presigns, presigned PUTs and deletes per client IP; 0: off",
+    ),
+    Variable(
+        "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR",
+        str(20 * 1024 * MiB),
+        "Bytes uploaded per subject (20 GiB), counted while the body streams; 0: off",
+    ),
+    Variable(
+        "MEDIA_TRUSTED_PROXY_HOPS",
+        "0",
+        "Proxies in front that append to X-Forwarded-For; 0: the client is the peer address",
+    ),
     Variable(
         "MEDIA_THREADS",
         "8",
@@ -272,6 +289,11 @@ class Config:
     temp_sweep_interval_seconds: int
     orphan_grace_seconds: int
     log_level: str
+    audit_log: bool
+    rate_limit_uploads_per_minute: int
+    rate_limit_requests_per_minute_per_ip: int
+    rate_limit_upload_bytes_per_hour: int
+    trusted_proxy_hops: int
     threads: int
     workers: int
     header_timeout_seconds: float
@@ -318,6 +340,11 @@ class Config:
             temp_sweep_interval_seconds=_int(env, "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", minimum=1),
             orphan_grace_seconds=_int(env, "MEDIA_ORPHAN_GRACE_SECONDS"),
             log_level=_log_level(_get(env, "MEDIA_LOG_LEVEL")),
+            audit_log=_choice(env, "MEDIA_AUDIT_LOG", ("on", "off")) == "on",
+            rate_limit_uploads_per_minute=_int(env, "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE"),
+            rate_limit_requests_per_minute_per_ip=_int(env, "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP"),
+            rate_limit_upload_bytes_per_hour=_int(env, "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR"),
+            trusted_proxy_hops=_int(env, "MEDIA_TRUSTED_PROXY_HOPS"),
             threads=_int(env, "MEDIA_THREADS", minimum=1),
             workers=_int(env, "MEDIA_WORKERS", minimum=1),
             header_timeout_seconds=_float(env, "MEDIA_HEADER_TIMEOUT_SECONDS"),

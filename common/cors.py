@@ -21,6 +21,9 @@ EXPOSE = (
     "Content-Disposition",
     "Accept-Ranges",
     "X-Request-ID",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
 )
 MAX_AGE_SECONDS = 600
 

@@ -22,6 +22,9 @@ class JsonFormatter(logging.Formatter):
         for name in _FIELDS:
             if name in record.__dict__:
                 doc[name] = record.__dict__[name]
+        audit = record.__dict__.get("audit")
+        if isinstance(audit, dict):  # an audit event's own fields (common/audit.py)
+            doc.update(audit)
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)

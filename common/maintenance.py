@@ -41,6 +41,7 @@ def maintain(config: Config, store: BlobStore, repo: MediaRepository) -> None:
     for record in repo.remove_expired_pending(config.pending_grace_seconds):
         store.remove_temp(upload_label(record.id))
         log.info("removed expired pending upload %s", record.id)
+    repo.purge_rate_limits()
     if repo.claim_task(RECONCILE_TASK, config.temp_sweep_interval_seconds):
         orphans = reconcile_orphans(store, repo, config.orphan_grace_seconds)
         if orphans:

@@ -62,13 +62,17 @@ def upload_multipart(
 ) -> MediaRecord:
     require_scope(principal, WRITE)
     config = services.config
+    services.limiter.take(services.limiter.uploads, principal.subject)
     detected: list[str] = []
 
     def check_type(prefix: bytes) -> None:
         detected.append(require_allowed(prefix, config.allowed_types))
 
-    with services.store.writer(config.max_upload_bytes) as writer:
-        filename = receive_multipart(body, content_type, writer, check_type)
+    with (
+        services.limiter.metered(body, principal.subject) as metered,
+        services.store.writer(config.max_upload_bytes) as writer,
+    ):
+        filename = receive_multipart(metered, content_type, writer, check_type)
         staged = writer.finish()
         new = NewMedia(
             owner=principal.subject,
@@ -114,7 +118,7 @@ def get(services: Services, principal: Principal, media_id: str) -> MediaRecord:
     return _visible(services, principal, media_id)
 
 
-def delete(services: Services, principal: Principal, media_id: str) -> None:
+def delete(services: Services, principal: Principal, media_id: str) -> MediaRecord:
     """Delete the record and, with its last reference, its blob: both decided under the digest lock.
 
     The digest is known only from a read made before the lock is held, so the delete is conditional
@@ -129,7 +133,7 @@ def delete(services: Services, principal: Principal, media_id: str) -> None:
             if deleted is not None:
                 if deleted.sha256 is not None and scope.references(deleted.sha256) == 0:
                     services.store.delete(deleted.sha256)
-                return
+                return deleted
         current = services.repo.get(record.id)
         if current is None:
             raise NotFound("No such media")  # a concurrent delete won

@@ -28,6 +28,7 @@ class InMemoryMediaRepository:
         self.claims: set[uuid.UUID] = set()
         self.declared: dict[uuid.UUID, str | None] = {}
         self.task_runs: dict[str, float] = {}
+        self.rates: dict[str, float] = {}
         self.available = True
 
     def _check(self) -> None:
@@ -86,6 +87,27 @@ class InMemoryMediaRepository:
                 return False
             self.task_runs[task] = now
             return True
+
+    def rate_take(
+        self, key: str, cost_seconds: float, window_seconds: float, force: bool = False
+    ) -> tuple[bool, float]:
+        self._check()
+        now = time.time()
+        with self._guard:
+            tat = max(self.rates.get(key, now), now)
+            allowed = force or tat + cost_seconds - now <= window_seconds
+            if allowed:
+                tat += cost_seconds
+                self.rates[key] = tat
+            return allowed, tat - now
+
+    def purge_rate_limits(self) -> int:
+        now = time.time()
+        with self._guard:
+            gone = [k for k, tat in self.rates.items() if tat < now]
+            for k in gone:
+                del self.rates[k]
+        return len(gone)
 
     def create_pending(self, new: NewPending) -> MediaRecord:
         self._check()

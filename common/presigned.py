@@ -74,6 +74,7 @@ def presign(services: Services, principal: Principal, body: Any) -> PresignedUpl
     if size > config.max_upload_bytes:
         raise PayloadTooLarge(f"{size} bytes is over the limit", limit=config.max_upload_bytes)
 
+    services.limiter.take(services.limiter.uploads, principal.subject)  # a presigned URL is an upload
     expires = int(services.clock()) + config.presign_ttl_seconds
     expires_at = datetime.fromtimestamp(expires, UTC)
     declared = sha256.lower() if isinstance(sha256, str) else None
@@ -126,9 +127,12 @@ def complete_upload(
             )
 
     try:
-        with services.store.writer(grant.size, label=upload_label(grant.media_id)) as writer:
+        with (
+            services.limiter.metered(body, grant.owner) as metered,
+            services.store.writer(grant.size, label=upload_label(grant.media_id)) as writer,
+        ):
             try:
-                receive_body(body, writer, check_type)
+                receive_body(metered, writer, check_type)
             except BlobTooLarge:
                 raise UploadMismatch(f"the body is longer than the signed {grant.size} bytes") from None
             if writer.size != grant.size:

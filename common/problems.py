@@ -170,6 +170,17 @@ def problem_for_status(
     return HttpProblem(status, detail, headers)
 
 
+class TooManyRequests(Problem):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self._headers = headers or {"Retry-After": "1"}
+
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+
 class InsufficientStorage(Problem):
     status, slug, title = 507, "insufficient-storage", "Insufficient storage"
 

@@ -99,6 +99,15 @@ class MediaRepository(Protocol):
     def claim_task(self, task: str, every_seconds: float) -> bool:
         """True for one caller per `every_seconds` across all processes (maintenance rounds)."""
 
+    def rate_take(
+        self, key: str, cost_seconds: float, window_seconds: float, force: bool = False
+    ) -> tuple[bool, float]:
+        """One GCRA decision, atomically (see `ratelimit.py`): allowed?, and the key's TAT ahead
+        of now afterwards, in seconds."""
+
+    def purge_rate_limits(self) -> int:
+        """Forget the keys at full quota again (their TAT has passed)."""
+
     def create_pending(self, new: NewPending) -> MediaRecord: ...
 
     def claim(self, media_id: uuid.UUID, stale_after_seconds: int) -> MediaRecord | None:
@@ -256,6 +265,35 @@ class PgMediaRepository:
                 (task, every_seconds),
             ).fetchone()
         return row is not None
+
+    def rate_take(
+        self, key: str, cost_seconds: float, window_seconds: float, force: bool = False
+    ) -> tuple[bool, float]:
+        # statement_timestamp() is one instant for the whole statement; every reference to the
+        # old row (r.tat) sees it before the update.
+        fits = "%(force)s OR GREATEST(r.tat, statement_timestamp()) + make_interval(secs => %(cost)s)"
+        fits += " <= statement_timestamp() + make_interval(secs => %(window)s)"
+        with self._conn() as conn:
+            row = conn.execute(
+                "INSERT INTO rate_limits AS r (key, tat, allowed) VALUES (%(key)s,"  # noqa: S608
+                " CASE WHEN %(force)s OR %(cost)s <= %(window)s"
+                " THEN statement_timestamp() + make_interval(secs => %(cost)s)"
+                " ELSE statement_timestamp() END, %(force)s OR %(cost)s <= %(window)s)"
+                f" ON CONFLICT (key) DO UPDATE SET allowed = {fits},"
+                f" tat = CASE WHEN {fits}"
+                " THEN GREATEST(r.tat, statement_timestamp()) + make_interval(secs => %(cost)s)"
+                " ELSE r.tat END"
+                " RETURNING allowed,"
+                " extract(epoch FROM GREATEST(tat, statement_timestamp()) - statement_timestamp()) AS ahead",
+                {"key": key, "cost": cost_seconds, "window": window_seconds, "force": force},
+            ).fetchone()
+        assert row is not None
+        return bool(row["allowed"]), float(row["ahead"])
+
+    def purge_rate_limits(self) -> int:
+        with self._conn() as conn:
+            cur = conn.execute("DELETE FROM rate_limits WHERE tat < statement_timestamp()")
+        return cur.rowcount
 
     def create_pending(self, new: NewPending) -> MediaRecord:
         with self._conn() as conn:

@@ -29,6 +29,7 @@ class Route:
     probe: bool = False  # also answered by every function for its own Kubernetes probes
     cors_allow_headers: tuple[str, ...] = ()  # OPTIONS: request headers the preflight allows
     scopes: tuple[str, ...] = ()  # what a bearer token needs for it (OpenAPI `security`)
+    rate_limited: bool = False  # counts against the per-client-IP limit
 
     @property
     def rule(self) -> str:
@@ -59,6 +60,7 @@ def routes() -> tuple[Route, ...]:
                     operation_id=op["operationId"],
                     probe=bool(op.get("x-probe", False)),
                     cors_allow_headers=tuple(op.get("x-cors-allow-headers", ())),
+                    rate_limited=bool(op.get("x-rate-limited", False)),
                     scopes=tuple(
                         scope
                         for requirement in op.get("security", ())

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from common.cas import BlobStore, LocalBlobStore
 from common.config import Config, ConfigError
@@ -21,6 +22,7 @@ from common.database import conninfo_problem
 from common.httpclient import HttpClient
 from common.maintenance import start_maintenance
 from common.oidc import Introspector, KeySet, ProviderMetadata, fixed
+from common.ratelimit import RateLimiter
 from common.repository import MediaRepository, PgMediaRepository
 from common.signing import KeyRing
 from common.tokens import TokenVerifier
@@ -37,6 +39,11 @@ class Services:
     verifier: TokenVerifier
     keys: KeyRing  # signs presigned upload URLs and download links
     clock: Callable[[], float] = time.time
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        """The rate limits, kept in the repository (shared by every process)."""
+        return RateLimiter(self.repo, self.config)
 
 
 def check_configuration(config: Config) -> None:

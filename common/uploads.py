@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import IO
+from typing import Protocol
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.http import parse_options_header
@@ -23,6 +23,13 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from common.cas import SNIFF_BYTES, BlobWriter
 from common.problems import BodyStalled, MalformedUpload, UnsupportedMediaType
 from common.text import scrub
+
+
+class Readable(Protocol):
+    """What the intake needs of a body: the WSGI input stream, or a wrapper of it."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
 
 CHUNK_BYTES = 1024 * 1024  # gunicorn recv()s up to 1 MiB; reading less makes it re-buffer the rest
 FILE_FIELD = "file"
@@ -60,7 +67,7 @@ class _Sniffer:
             self._on_prefix(self._writer.prefix)
 
 
-def read_body(stream: IO[bytes], size: int = CHUNK_BYTES) -> bytes:
+def read_body(stream: Readable, size: int = CHUNK_BYTES) -> bytes:
     """The next `size` bytes of a request body at most.
 
     Under `common.server` the socket has a timeout (`MEDIA_BODY_IDLE_TIMEOUT_SECONDS`): a body that
@@ -74,7 +81,7 @@ def read_body(stream: IO[bytes], size: int = CHUNK_BYTES) -> bytes:
         raise BodyStalled() from None
 
 
-def receive_body(stream: IO[bytes], writer: BlobWriter, on_prefix: Callable[[bytes], None]) -> None:
+def receive_body(stream: Readable, writer: BlobWriter, on_prefix: Callable[[bytes], None]) -> None:
     """Stream a raw body (a presigned PUT) into `writer` until the end of the input."""
     sniffer = _Sniffer(writer, on_prefix)
     while chunk := read_body(stream):
@@ -96,7 +103,7 @@ def boundary_of(content_type: str | None) -> bytes:
 
 
 def receive_multipart(
-    stream: IO[bytes],
+    stream: Readable,
     content_type: str | None,
     writer: BlobWriter,
     on_prefix: Callable[[bytes], None],

@@ -24,7 +24,7 @@ from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from common import cors, logs, routing, text
+from common import audit, cors, logs, routing, text
 from common.conditional import Content
 from common.problems import (
     BadRequest,
@@ -37,6 +37,8 @@ from common.problems import (
     problem_for_status,
     to_problem,
 )
+from common.ratelimit import client_ip
+from common.repository import MediaRecord
 from common.services import Services
 from common.tokens import Principal, bearer_token
 from common.uploads import read_body
@@ -59,6 +61,16 @@ _CAPABILITY_PATH = re.compile(r"^(/media/uploads/)[^/]+")
 
 def loggable_path(path: str) -> str:
     return _CAPABILITY_PATH.sub(r"\1<token>", path)
+
+
+def client_ip_of(request: Request, services: Services) -> str:
+    """The client's address, through MEDIA_TRUSTED_PROXY_HOPS proxies (remembered per request)."""
+    ip = request.environ.get("media.client_ip")
+    if ip is None:
+        hops = services.config.trusted_proxy_hops
+        ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), hops)
+        request.environ["media.client_ip"] = ip
+    return str(ip)
 
 
 def request_id_of(request: Request) -> str:
@@ -126,7 +138,17 @@ def read_json(request: Request, limit: int = JSON_BODY_LIMIT) -> Any:
 
 
 def authenticate(request: Request, services: Services) -> Principal:
-    return services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    principal = services.verifier.verify(bearer_token(request.headers.get("Authorization")))
+    request.environ["media.principal"] = principal  # the audit event's actor
+    return principal
+
+
+def note(request: Request, record: MediaRecord | None = None, **fields: Any) -> None:
+    """What the audit event of this request should say about the media it concerned."""
+    details: dict[str, Any] = request.environ.setdefault("media.audit", {})
+    if record is not None:
+        details.update(media_id=str(record.id), sha256=record.sha256, size=record.size, actor=record.owner)
+    details.update(fields)
 
 
 def content_disposition(filename: str, content_type: str) -> str:
@@ -179,6 +201,7 @@ def content_response(content: Content, request: Request) -> Response:
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox; default-src 'none'",
     }
+    note(request, sha256=rep.etag, size=decision.length)
     if decision.status == 304:
         return Response(status=304, headers=headers)
     headers["Content-Type"] = content.content_type
@@ -199,6 +222,7 @@ class Routes:
     def __init__(self, function: str) -> None:
         self.function = function
         self.table = routing.routes_served_by(function)
+        self.by_operation = {r.operation_id: r for r in self.table}
         self.handlers: dict[str, tuple[Handler, bool]] = {}
         self._map: Map | None = None
 
@@ -236,13 +260,43 @@ class Routes:
             if "Content-Length" not in response.headers and response.status_code not in (204, 304):
                 response.headers["Content-Length"] = str(len(body))
         response.headers["X-Request-ID"] = request_id_of(request)
+        for name, value in request.environ.get("media.ratelimit", {}).items():
+            response.headers.setdefault(name, value)
         services = request.environ.get("media.services")
         if isinstance(services, Services) and "Access-Control-Allow-Origin" not in response.headers:
             response.headers.update(
                 cors.response_headers(services.config.cors_origins, request.headers.get("Origin"))
             )
         self._access_log(request, response, started)
+        self._audit(request, response)
         return response
+
+    def _audit(self, request: Request, response: Response) -> None:
+        services = request.environ.get("media.services")
+        if not isinstance(services, Services) or not services.config.audit_log:
+            return  # no services: a probe, or a route that matched nothing
+        operation = request.environ.get("media.operation")
+        names = audit.events_for(operation, response.status_code)
+        if not names:
+            return
+        details: dict[str, Any] = request.environ.get("media.audit", {})
+        principal = request.environ.get("media.principal")
+        args = request.environ.get("media.args", {})
+        for name in names:
+            audit.emit(
+                audit.Event(
+                    event=name,
+                    outcome=audit.outcome_of(response.status_code),
+                    status=response.status_code,
+                    actor=details.get("actor") or (principal.subject if principal else None),
+                    client_ip=client_ip_of(request, services),
+                    media_id=details.get("media_id") or args.get("id"),
+                    sha256=details.get("sha256"),
+                    size=details.get("size"),
+                    request_id=request_id_of(request),
+                    function=self.function,
+                )
+            )
 
     def _handle(self, request: Request, provider: ServiceSource) -> Response:
         adapter = self.url_map.bind_to_environ(request.environ)
@@ -257,10 +311,17 @@ class Routes:
             if problem is not None:
                 raise BadRequest(f"The query parameter `{text.scrub(name)}` {problem}")
         handler, wants_services = self.handlers[operation_id]
+        request.environ["media.operation"] = operation_id
+        request.environ["media.args"] = args
         if not wants_services:
             return handler(request, **args)
         services = provider()
         request.environ["media.services"] = services  # for the CORS headers of whatever comes back
+        if self.by_operation[operation_id].rate_limited:
+            limiter = services.limiter
+            decision = limiter.take(limiter.requests, client_ip_of(request, services))
+            if decision is not None:
+                request.environ["media.ratelimit"] = decision.headers()
         return handler(request, services, **args)
 
     def _access_log(self, request: Request, response: Response, started: float) -> None:

@@ -137,6 +137,8 @@ http {{
     proxy_set_header Connection "";
     proxy_set_header Host $http_host;
     proxy_set_header X-Request-ID $request_id;
+    # The functions count one hop (MEDIA_TRUSTED_PROXY_HOPS=1): the entry nginx appends.
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_read_timeout 3600s;
     proxy_send_timeout 3600s;
     proxy_connect_timeout 2s;

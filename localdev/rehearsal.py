@@ -151,6 +151,7 @@ class Rehearsal:
                 "MEDIA_DATA_DIR": str(self.data_dir),
                 "MEDIA_PUBLIC_BASE_URL": self.nginx.base,
                 "MEDIA_WORKERS": "1",
+                "MEDIA_TRUSTED_PROXY_HOPS": "1",  # nginx appends the client to X-Forwarded-For
                 "PYTHONUNBUFFERED": "1",
             }
         )

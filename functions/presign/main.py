@@ -19,6 +19,7 @@ web.register_preflights(routes)
 def presign_upload(request: Request, services: Services) -> Response:
     principal = web.authenticate(request, services)
     upload = presigned.presign(services, principal, web.read_json(request))
+    web.note(request, upload.record)
     location = f"{services.config.public_base_url}/media/{upload.record.id}"
     return web.json_response(presigned.presigned_json(upload), 201, {"Location": location})
 

@@ -20,6 +20,7 @@ def upload_media(request: Request, services: Services) -> Response:
     principal = web.authenticate(request, services)
     # The raw stream, never request.files/form/data: the body is streamed into storage.
     record = media.upload_multipart(services, principal, request.stream, request.headers.get("Content-Type"))
+    web.note(request, record)
     body = media.to_json(services, record)
     return web.json_response(body, 201, {"Location": body["links"]["self"]})
 
@@ -30,13 +31,14 @@ def complete_upload(request: Request, services: Services, token: str) -> Respons
     record = presigned.complete_upload(
         services, token, request.headers.get("Content-Type"), request.content_length, request.stream
     )
+    web.note(request, record)
     body = media.to_json(services, record)
     return web.json_response(body, 200, {"ETag": f'"{record.sha256}"', "Location": body["links"]["self"]})
 
 
 @routes.operation("deleteMedia")
 def delete_media(request: Request, services: Services, id: str) -> Response:
-    media.delete(services, web.authenticate(request, services), id)
+    web.note(request, media.delete(services, web.authenticate(request, services), id))
     return Response(status=204)
 
 

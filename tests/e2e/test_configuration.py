@@ -25,7 +25,9 @@ BAD: list[tuple[str, str | None, str]] = [
     ("MEDIA_CORS_ORIGINS", "*", "exact origins"),
     ("MEDIA_DATABASE_URL", "not a connection string", "connection string"),
     ("MEDIA_DATABASE_URL", None, "not set"),
-    ("MEDIA_JWT_SECRET", None, "not set"),
+    ("MEDIA_JWT_SECRET", None, "checks JWTs offline"),
+    ("MEDIA_AUTH_MODE", "trusting", "one of"),
+    ("MEDIA_JWT_ALGORITHMS", "none", "never accepted"),
     ("MEDIA_PRESIGN_SECRET", None, "not set"),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import jwt
 import pytest
@@ -62,16 +63,17 @@ def test_a_missing_scope_names_it_in_www_authenticate(api: Client) -> None:
 def test_a_client_credentials_token_acts_as_the_client(api: Client) -> None:
     """No user: its uploads are owned by `client:<id>`, and it may do what its scopes allow."""
     scopes = ("media:read", "media:write")
-    client = issue_hs256(TEST_SECRET, "recipe-backend", scopes, extra={"client_id": "recipe-backend"})
+    backend = f"recipe-backend-{uuid.uuid4().hex[:8]}"
+    client = issue_hs256(TEST_SECRET, backend, scopes, extra={"client_id": backend})
     body, ctype = upload_body(png())
     created = api.post("/media", data=body, content_type=ctype, headers=bearer(client))
     assert created.status_code == 201, created.get_data(as_text=True)
-    assert created.get_json()["owner"] == "client:recipe-backend"
+    assert created.get_json()["owner"] == f"client:{backend}"
     listed = api.get("/media", headers=bearer(client)).get_json()["items"]
     assert [i["id"] for i in listed] == [created.get_json()["id"]]
     # Only `azp`, no `sub` at all: another client, which owns nothing yet.
     indexer = jwt.encode(
-        {"azp": "search-indexer", "scope": "media:read", "exp": int(time.time()) + 60},
+        {"azp": f"indexer-{uuid.uuid4().hex[:8]}", "scope": "media:read", "exp": int(time.time()) + 60},
         TEST_SECRET,
         algorithm="HS256",
     )

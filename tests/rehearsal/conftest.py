@@ -42,6 +42,9 @@ def drill_env(database_url: str, **extra: str) -> dict[str, str]:
         # A body idle longer than this is a 408 (the sweep drill's client pauses 5 s: shorter).
         "MEDIA_BODY_IDLE_TIMEOUT_SECONDS": "8",
         "MEDIA_HEADER_TIMEOUT_SECONDS": "3",
+        # The drills load one user from one address far beyond any sane limit, on purpose.
+        "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE": "0",
+        "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP": "0",
         "MEDIA_LOG_LEVEL": "WARNING",
     }
     env.update(extra)
