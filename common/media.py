@@ -54,6 +54,7 @@ log = logging.getLogger("media")
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
+MAX_PREFIX = 255
 _NO_BLOB = "0" * 64  # the lock key for records that have no bytes yet
 
 
@@ -165,7 +166,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def _limit(raw: str | None) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return DEFAULT_PAGE
     try:
         value = int(raw)
@@ -176,9 +177,25 @@ def _limit(raw: str | None) -> int:
     return value
 
 
+def _prefix(raw: str | None) -> str | None:
+    if raw is not None and len(raw) > MAX_PREFIX:
+        raise BadRequest(f"`content_type` is at most {MAX_PREFIX} characters")
+    return raw or None
+
+
+def signed_link_of(args: Mapping[str, str]) -> tuple[str, str] | None:
+    """The `expires` and `sig` of a signed download link, when the query carries one."""
+    expires = args.get("expires")
+    if expires is not None and not (expires.isascii() and expires.isdigit()):
+        raise BadRequest("`expires` must be an integer (unix seconds)")
+    if "sig" not in args:
+        return None
+    return expires or "", args["sig"]
+
+
 def list_media(services: Services, principal: Principal, args: Mapping[str, str]) -> Page:
     require_scope(principal, READ)
-    status = args.get("status") or None
+    status = args.get("status")
     if status is not None and status not in STATUSES:
         raise BadRequest(f"`status` must be one of {', '.join(STATUSES)}")
     cursor = args.get("cursor")
@@ -187,7 +204,7 @@ def list_media(services: Services, principal: Principal, args: Mapping[str, str]
         owner=None if principal.is_admin else principal.subject,
         limit=limit + 1,  # one more tells whether there is a next page
         after=decode_cursor(cursor) if cursor else None,
-        content_type_prefix=args.get("content_type") or None,
+        content_type_prefix=_prefix(args.get("content_type")),
         status=status,
     )
     rows = services.repo.list_media(query)

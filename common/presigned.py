@@ -34,6 +34,7 @@ from common.uploads import receive_body, safe_filename
 
 _MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_FILENAME_INPUT = 1000  # characters accepted; kept, sanitised, to uploads.MAX_FILENAME_CHARS
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,15 @@ def presign(services: Services, principal: Principal, body: Any) -> PresignedUpl
     filename, content_type, size, sha256 = (
         body.get(k) for k in ("filename", "content_type", "size", "sha256")
     )
-    if not isinstance(filename, str) or not filename.strip():
-        raise UnprocessableContent("`filename` must be a non-empty string")
+    if not isinstance(filename, str) or not filename.strip() or len(filename) > MAX_FILENAME_INPUT:
+        raise UnprocessableContent(f"`filename` must be a non-empty string of at most {MAX_FILENAME_INPUT}")
     if not isinstance(content_type, str) or not _MIME.match(normalise_type(content_type)):
         raise UnprocessableContent("`content_type` must be a MIME type such as image/png")
+    if isinstance(size, float) and size.is_integer():
+        size = int(size)  # JSON has one number type: 1024.0 is the integer 1024
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UnprocessableContent("`size` must be a positive integer (bytes)")
-    if sha256 is not None and (not isinstance(sha256, str) or not _HEX64.match(sha256.lower())):
+    if "sha256" in body and (not isinstance(sha256, str) or not _HEX64.match(sha256.lower())):
         raise UnprocessableContent("`sha256` must be 64 hex digits when given")
     kind = normalise_type(content_type)
     if kind not in config.allowed_types:

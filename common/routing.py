@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import BaseConverter, Map, Rule
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -33,8 +33,49 @@ class Route:
 
     @property
     def rule(self) -> str:
-        """The Werkzeug rule for this path: `/media/{id}` becomes `/media/<id>`."""
-        return _PARAM.sub(r"<\1>", self.path)
+        """The Werkzeug rule: `/media/{id}` becomes `/media/<uuid_text:id>` (the parameter's
+        `format: uuid`), `/media/uploads/{token}` becomes `/media/uploads/<token>`."""
+        formats = path_formats(self.path)
+
+        def rule(match: re.Match[str]) -> str:
+            name = match.group(1)
+            return f"<uuid_text:{name}>" if formats.get(name) == "uuid" else f"<{name}>"
+
+        return _PARAM.sub(rule, self.path)
+
+
+# A path parameter documented as `format: uuid` matches only a UUID, so `/media/uploads` can never
+# be taken for a record's id (GET /media/uploads is a 405, not a 404 for the id "uploads").
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
+class UuidText(BaseConverter):
+    """A UUID segment, handed to the handler as the text it is."""
+
+    regex = UUID_PATTERN
+
+
+def path_formats(path: str) -> dict[str, str]:
+    """The `format` of each path parameter of `path` in the document ("" when it has none)."""
+    item = openapi_document()["paths"][path]
+    params = [*item.get("parameters", [])]
+    for method in HTTP_METHODS:
+        params.extend(item.get(method, {}).get("parameters", []))
+    return {p["name"]: p.get("schema", {}).get("format", "") for p in params if p["in"] == "path"}
+
+
+def path_regex(template: str) -> str:
+    """`/media/{id}/content` -> `^/media/<UUID>/content$`, other parameters `[^/]+` (literal
+    parts escaped): what the ingress matches, the same as the Werkzeug rules."""
+    formats = path_formats(template)
+    pieces = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", template)
+    out = []
+    for piece in pieces:
+        if piece.startswith("{") and piece.endswith("}"):
+            out.append(UUID_PATTERN if formats.get(piece[1:-1]) == "uuid" else "[^/]+")
+        else:
+            out.append(re.escape(piece))
+    return "^" + "".join(out) + "$"
 
 
 @cache
@@ -94,6 +135,7 @@ def url_map(table: tuple[Route, ...]) -> Map:
         [Rule(r.rule, methods=[r.method], endpoint=r.operation_id) for r in table],
         strict_slashes=False,
         merge_slashes=False,
+        converters={"uuid_text": UuidText},
     )
 
 
@@ -103,4 +145,5 @@ def ingress_map() -> Map:
         [Rule(r.rule, methods=[r.method], endpoint=r.function) for r in routes()],
         strict_slashes=False,
         merge_slashes=False,
+        converters={"uuid_text": UuidText},
     )

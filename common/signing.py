@@ -58,7 +58,9 @@ class KeyRing:
         if key is None:
             return False
         expected = _b64(hmac.new(key, message, hashlib.sha256).digest())
-        return hmac.compare_digest(expected, signature)
+        # compare_digest raises on non-ASCII text; compared as bytes, a client's odd
+        # characters are just a wrong signature.
+        return hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def issue_upload_token(keys: KeyRing, grant: UploadGrant) -> str:
 def read_upload_token(keys: KeyRing, token: str, now: float) -> UploadGrant:
     """The grant a token carries: 403 unless it is ours and untampered, 410 once expired."""
     parts = token.split(".")
-    if len(parts) != 4 or parts[0] != _VERSION:
+    if len(parts) != 4 or parts[0] != _VERSION or not token.isascii():
         raise Forbidden("This upload URL is not valid")
     version, kid, payload, signature = parts
     if not keys.verify(kid, f"{version}.{kid}.{payload}".encode(), signature):

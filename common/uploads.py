@@ -35,6 +35,9 @@ CHUNK_BYTES = 1024 * 1024  # gunicorn recv()s up to 1 MiB; reading less makes it
 FILE_FIELD = "file"
 MAX_OTHER_FIELD_BYTES = 64 * 1024  # other form fields are ignored, but not unboundedly
 MAX_FILENAME_CHARS = 255
+MAX_BOUNDARY_CHARS = 70  # RFC 2046 §5.1.1
+MAX_PART_HEADER_BYTES = 16 * 1024
+MAX_PARTS = 100
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\/]")
 
 
@@ -97,9 +100,15 @@ def boundary_of(content_type: str | None) -> bytes:
             f" (got {mimetype or 'no Content-Type'})"
         )
     boundary = options.get("boundary", "")
-    if not boundary or len(boundary) > 200:
-        raise MalformedUpload("the multipart Content-Type has no usable boundary")
+    if not boundary or len(boundary) > MAX_BOUNDARY_CHARS:
+        raise MalformedUpload(
+            f"the multipart Content-Type has no usable boundary (1 to {MAX_BOUNDARY_CHARS} characters)"
+        )
     return boundary.encode("latin-1")
+
+
+def _header_bytes(part: File | Field) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in part.headers.items())
 
 
 def receive_multipart(
@@ -115,7 +124,9 @@ def receive_multipart(
     """
     # The decoder's own bound caps what it buffers (part headers, one chunk of data).
     decoder = MultipartDecoder(
-        boundary_of(content_type), max_form_memory_size=CHUNK_BYTES + MAX_OTHER_FIELD_BYTES
+        boundary_of(content_type),
+        max_form_memory_size=CHUNK_BYTES + MAX_OTHER_FIELD_BYTES,
+        max_parts=MAX_PARTS,
     )
     filename: str | None = None
     in_file = False
@@ -128,11 +139,15 @@ def receive_multipart(
             decoder.receive_data(chunk or None)
             event = decoder.next_event()
             while not isinstance(event, NeedData | Epilogue):
+                if isinstance(event, File | Field) and _header_bytes(event) > MAX_PART_HEADER_BYTES:
+                    raise MalformedUpload(f"a part's headers are over {MAX_PART_HEADER_BYTES} bytes")
                 if isinstance(event, File):
                     if event.name != FILE_FIELD:
                         raise MalformedUpload(f"unexpected file field `{event.name}`; use `{FILE_FIELD}`")
                     if filename is not None:
                         raise MalformedUpload("send exactly one file per request")
+                    if any(c in (event.filename or "") for c in "\x00\r\n"):
+                        raise MalformedUpload("the file's name holds a NUL or a line break")
                     filename = safe_filename(event.filename)
                     in_file = True
                 elif isinstance(event, Field):
@@ -157,5 +172,7 @@ def receive_multipart(
 
     if filename is None:
         raise MalformedUpload(f"the form has no `{FILE_FIELD}` part")
+    if writer.size == 0:
+        raise MalformedUpload(f"the `{FILE_FIELD}` part is empty")
     sniffer.finish()
     return filename

@@ -12,20 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from common import routing
 from common.problems import problem_for_status
-
-_PARAM = re.compile(r"\{[^}]+\}")
-
-
-def path_regex(template: str) -> str:
-    """`/media/{id}/content` -> `^/media/[^/]+/content$` (literal parts escaped)."""
-    parts = _PARAM.split(template)
-    return "^" + "[^/]+".join(re.escape(p) for p in parts) + "$"
 
 
 def _problem(status: int, detail: str) -> str:
@@ -57,17 +48,17 @@ def route_maps() -> str:
         methods = {route.method} | ({"HEAD"} if route.method == "GET" else set())
         by_path[route.path] |= methods
         for method in sorted(methods):
-            lines.append(f'    "~^{method} {path_regex(route.path)[1:]}" fn_{route.function};')
+            lines.append(f'    "~^{method} {routing.path_regex(route.path)[1:]}" fn_{route.function};')
     lines.append("    default $media_unrouted;")
     lines.append("}")
     lines.append("map $uri $media_unrouted {")
     for path in by_path:
-        lines.append(f'    "~{path_regex(path)}" 405;')
+        lines.append(f'    "~{routing.path_regex(path)}" 405;')
     lines.append("    default 404;")
     lines.append("}")
     lines.append("map $uri $media_allow {")
     for path, methods in by_path.items():
-        lines.append(f'    "~{path_regex(path)}" "{", ".join(sorted(methods))}";')
+        lines.append(f'    "~{routing.path_regex(path)}" "{", ".join(sorted(methods))}";')
     lines.append('    default "";')
     lines.append("}")
     return "\n".join(lines)

@@ -30,11 +30,10 @@ def get_media(request: Request, services: Services, id: str) -> Response:
 
 @routes.operation("getMediaContent", "headMediaContent")
 def get_content(request: Request, services: Services, id: str) -> Response:
-    if "sig" in request.args:  # a signed link, e.g. from <img src>: no bearer token
-        args = request.args
-        content = media.read_signed_content(
-            services, id, args.get("expires", ""), args["sig"], request.method, request.headers
-        )
+    link = media.signed_link_of(request.args)
+    if link is not None:  # a signed link, e.g. from <img src>: no bearer token
+        expires, sig = link
+        content = media.read_signed_content(services, id, expires, sig, request.method, request.headers)
     else:
         principal = web.authenticate(request, services)
         content = media.read_content(services, principal, id, request.method, request.headers)

@@ -43,14 +43,16 @@ def test_the_generated_config_is_valid_nginx(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("template", "path", "matches"),
     [
-        ("/media/{id}/content", "/media/abc/content", True),
-        ("/media/{id}/content", "/media/a/b/content", False),
+        ("/media/{id}/content", "/media/6b8f1c8a-4b7e-4f0e-9c1d-2a3b4c5d6e7f/content", True),
+        ("/media/{id}/content", "/media/abc/content", False),  # `format: uuid`
+        ("/media/uploads/{token}", "/media/uploads/v1.abc.def", True),
+        ("/media/uploads/{token}", "/media/uploads/a/b", False),
         ("/media", "/media/", False),
         ("/health/live", "/health/live", True),
     ],
 )
 def test_path_templates_become_anchored_regexes(template: str, path: str, matches: bool) -> None:
-    assert bool(re.match(nginx.path_regex(template), path)) is matches
+    assert bool(re.match(routing.path_regex(template), path)) is matches
 
 
 def test_routes_reach_their_functions_and_the_rest_is_problem_json(rehearsal: Rehearsal) -> None:

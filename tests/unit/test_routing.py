@@ -34,8 +34,8 @@ def test_every_operation_names_a_function_and_ids_are_unique() -> None:
         ("HEAD", "/media", "download"),
         ("GET", "/media/0b5c7d1e-0000-4000-8000-000000000000", "download"),
         ("DELETE", "/media/0b5c7d1e-0000-4000-8000-000000000000", "upload"),
-        ("GET", "/media/x/content", "download"),
-        ("HEAD", "/media/x/content", "download"),
+        ("GET", "/media/0b5c7d1e-0000-4000-8000-000000000000/content", "download"),
+        ("HEAD", "/media/0b5c7d1e-0000-4000-8000-000000000000/content", "download"),
         ("GET", "/health/live", "health"),
         ("GET", "/health/ready", "health"),
     ],
@@ -47,7 +47,26 @@ def test_the_ingress_map_dispatches_like_the_issue_says(method: str, path: str, 
 
 def test_rules_translate_openapi_templates() -> None:
     route = next(r for r in routing.routes() if r.operation_id == "getMediaContent")
-    assert route.rule == "/media/<id>/content"
+    assert route.rule == "/media/<uuid_text:id>/content"  # `format: uuid`
+    put = next(r for r in routing.routes() if r.operation_id == "completeUpload")
+    assert put.rule == "/media/uploads/<token>"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/media/uploads", 405),  # not a record whose id is "uploads"
+        ("OPTIONS", "/media/null,null", 404),  # not an id
+        ("GET", "/media/not-a-uuid/content", 404),
+    ],
+)
+def test_an_id_that_is_not_a_uuid_matches_no_record_route(method: str, path: str, status: int) -> None:
+    from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+    env = EnvironBuilder(method=method, path=path).get_environ()
+    expected = MethodNotAllowed if status == 405 else NotFound
+    with pytest.raises(expected):
+        routing.ingress_map().bind_to_environ(env).match()
 
 
 def test_the_openapi_document_is_valid_openapi_3_1() -> None:
