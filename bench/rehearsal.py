@@ -25,11 +25,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from common.tokens import issue_hs256
 from localdev.harness import MiB, peak_rss_bytes, send
@@ -251,12 +256,39 @@ def wrk(url: str, connections: int, headers: dict[str, str], script: str | None 
     }
 
 
+class _Jwks(BaseHTTPRequestHandler):
+    """The identity provider's JWKS endpoint, for RS256 tokens (one key, served from memory)."""
+
+    body = b"{}"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def jwks_provider() -> tuple[ThreadingHTTPServer, Any]:
+    """A JWKS server on a loopback port and its private key."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    _Jwks.body = json.dumps({"keys": [{**jwk, "kid": "bench", "use": "sig", "alg": "RS256"}]}).encode()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, private
+
+
 def main() -> int:
     if not shutil.which("wrk") or not shutil.which("nginx"):
         print("make bench needs nginx and wrk (make bench installs them as root)", file=sys.stderr)
         return 2
     secret = "bench-" + os.urandom(16).hex()
     presign_secret = "bench-presign-" + os.urandom(16).hex()
+    jwks, signing_key = jwks_provider()
     with tempfile.TemporaryDirectory(prefix="mbench", dir="/tmp") as tmp:
         server = None
         url = os.environ.get("MEDIA_DATABASE_URL")
@@ -270,6 +302,7 @@ def main() -> int:
             env={
                 "MEDIA_DATABASE_URL": url,
                 "MEDIA_JWT_SECRET": secret,
+                "MEDIA_JWKS_URL": f"http://127.0.0.1:{jwks.server_port}/jwks",  # RS256 tokens too
                 "MEDIA_PRESIGN_SECRET": presign_secret,
                 "MEDIA_MAX_UPLOAD_BYTES": str(2 * GiB),
                 "MEDIA_DOWNLOAD_URL_TTL_SECONDS": "3600",
@@ -305,6 +338,17 @@ def main() -> int:
                 )
                 ranges.append({"service": service, "nginx": peer})
                 metadata.append(wrk(f"{rehearsal.base}/media/{media_id}", c, auth))
+            # The same GET with an RS256 token checked against the JWKS, interleaved with HS256.
+            rs256 = jwt.encode(
+                {"sub": "bench", "scope": "media:read media:write", "exp": int(time.time()) + 7200},
+                signing_key,
+                algorithm="RS256",
+                headers={"kid": "bench"},
+            )
+            token_kinds = []
+            for kind, bearer in (("HS256", token), ("RS256", rs256), ("HS256", token), ("RS256", rs256)):
+                row = wrk(f"{rehearsal.base}/media/{media_id}", 16, {"Authorization": f"Bearer {bearer}"})
+                token_kinds.append({"kind": kind, **row})
             transfers = large_transfers(rehearsal, token)
             rss = {
                 f"{name}:{p.port}": round(max(peak_rss_bytes(pid) for pid in p.pids()) / MiB, 1)
@@ -315,17 +359,22 @@ def main() -> int:
             rehearsal.stop()
             if server is not None:
                 server.cleanup()
+            jwks.shutdown()
+            jwks.server_close()
 
     result = {
         "transfers": transfers,
         "ranges_64k": ranges,
         "metadata": metadata,
+        "metadata_by_token": token_kinds,
+        "rs256_vs_hs256_rps": _ratio(token_kinds, "rps"),
         "peak_rss_mib": rss,
         "cold_start_s": cold,
         "targets": {
             "download_vs_nginx": ">= 0.8",
             "upload_vs_nginx_put": ">= 0.6",
             "metadata_p99_ms_at_16": "< 20",
+            "rs256_vs_hs256_rps": ">= 0.9",
             "peak_rss_mib": "< 150",
             "cold_start_s": "< 1",
         },
@@ -335,6 +384,13 @@ def main() -> int:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")
     return 0
+
+
+def _ratio(rows: list[dict[str, Any]], key: str) -> float:
+    """Mean of the RS256 rows over the mean of the HS256 rows."""
+    rs = [row[key] for row in rows if row["kind"] == "RS256"]
+    hs = [row[key] for row in rows if row["kind"] == "HS256"]
+    return round((sum(rs) / len(rs)) / (sum(hs) / len(hs)), 3) if rs and hs and sum(hs) else float("nan")
 
 
 def report(r: dict[str, Any]) -> None:
@@ -371,6 +427,10 @@ def report(r: dict[str, Any]) -> None:
             f"  c={m['connections']:<3} {m['rps']:>8} {m['p50_ms']:>7} {m['p99_ms']:>7}"
             f"   non-2xx {m['non_2xx']}"
         )
+    print("\nMetadata GET at c=16 by token kind (RS256 checked against the JWKS): req/s, p50 ms, p99 ms")
+    for m in r["metadata_by_token"]:
+        print(f"  {m['kind']}  {m['rps']:>8} {m['p50_ms']:>7} {m['p99_ms']:>7}   non-2xx {m['non_2xx']}")
+    print(f"  RS256 / HS256 throughput: {r['rs256_vs_hs256_rps']}")
     print(f"\nPeak RSS per function process (MiB): {r['peak_rss_mib']}")
     print(f"Cold start per function process (s): {r['cold_start_s']}")
 

@@ -95,9 +95,13 @@ class KeySet:
         """The signing key `kid` for `alg`. UnknownKey (401) or ProviderUnavailable (503)."""
         now = self._clock()
         if not self._keys:
-            # Cold, or the provider was down every time: try again, but not on every request.
-            if self._may_refetch(now, min(self._min_refresh, COLD_RETRY_SECONDS)):
-                self._refresh(now)
+            # Cold, or the provider was down every time. Wait for a fetch another thread is
+            # making (it is bounded by the HTTP timeouts), else try again, but not on every request.
+            with self._lock:
+                if not self._keys and self._may_refetch(
+                    self._clock(), min(self._min_refresh, COLD_RETRY_SECONDS)
+                ):
+                    self._fetch_into_place(self._clock())
             if not self._keys:
                 raise ProviderUnavailable("no signing keys: the JWKS endpoint did not answer")
         elif self._stale(now) and self._may_refetch(now, self._min_refresh):
@@ -130,20 +134,23 @@ class KeySet:
         return self._tried_at is None or now - self._tried_at >= interval
 
     def _refresh(self, now: float) -> None:
-        """Fetch the keys; on failure keep the ones we have (logged)."""
+        """Fetch the keys, unless another thread did while this one waited for the lock."""
         seen = self._fetches
         with self._lock:
-            if self._fetches != seen:
-                return  # another thread fetched while this one waited for the lock
-            self._fetches += 1
-            self._tried_at = now
-            try:
-                keys = self._fetch()
-            except ProviderUnavailable as exc:
-                log.warning("JWKS fetch failed (%s); %d cached key id(s) stay in use", exc, len(self._keys))
-                return
-            self._keys = keys
-            self._fetched_at = self._clock()
+            if self._fetches == seen:
+                self._fetch_into_place(now)
+
+    def _fetch_into_place(self, now: float) -> None:
+        """With the lock held: fetch; on failure keep the keys we have (logged)."""
+        self._fetches += 1
+        self._tried_at = now
+        try:
+            keys = self._fetch()
+        except ProviderUnavailable as exc:
+            log.warning("JWKS fetch failed (%s); %d cached key id(s) stay in use", exc, len(self._keys))
+            return
+        self._keys = keys
+        self._fetched_at = self._clock()
 
     def _fetch(self) -> dict[str | None, list[jwt.PyJWK]]:
         url = self._url()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
@@ -267,3 +268,21 @@ def test_discovery_gives_the_jwks_once() -> None:
     assert verifier.verify(sign(private, "k")).subject == "alice"
     assert verifier.verify(sign(private, "k", sub="bob")).subject == "bob"
     assert provider.calls == ["https://id.example/.well-known/openid-configuration", JWKS]
+
+
+def test_concurrent_first_requests_wait_for_the_one_fetch_instead_of_failing() -> None:
+    """A cold process under load: every thread gets the key; the provider is asked once."""
+    private, jwk = rsa_key("k")
+
+    class SlowProvider(Provider):
+        def get_json(self, url: str) -> Any:
+            time.sleep(0.3)
+            return super().get_json(url)
+
+    provider = SlowProvider([jwk])
+    verifier = offline(provider)
+    tokens = [sign(private, "k", sub=f"user-{n}") for n in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        subjects = list(pool.map(lambda t: verifier.verify(t).subject, tokens))
+    assert subjects == [f"user-{n}" for n in range(8)]
+    assert provider.calls == [JWKS]
