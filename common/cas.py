@@ -84,7 +84,8 @@ class BlobStore(Protocol):
     def remove_temp(self, label: str) -> int:
         """Remove the temp files of `label` (a pending upload given up by the cleanup)."""
 
-    def commit(self, writer: BlobWriter) -> None: ...
+    def commit(self, writer: BlobWriter) -> bool:
+        """Give the bytes their address; True when the address already held them (dedup)."""
 
     def open(self, sha256: str) -> BinaryIO: ...
 
@@ -227,7 +228,7 @@ class LocalBlobStore:
             with self._live_lock:
                 self._live.discard(path)
 
-    def commit(self, writer: BlobWriter) -> None:
+    def commit(self, writer: BlobWriter) -> bool:
         assert isinstance(writer, LocalBlobWriter)
         staged = writer.finish()
         final = self.path_for(staged.sha256)
@@ -238,7 +239,7 @@ class LocalBlobStore:
         if size == staged.size:
             # Dedup: the address already holds these bytes (same digest, same size).
             writer.path.unlink(missing_ok=True)
-            return
+            return True
         if size is not None:
             # Damaged (truncated, say): the verified new copy replaces it, atomically.
             log.warning(
@@ -249,6 +250,7 @@ class LocalBlobStore:
         _fsync_dir(final.parent)
         for d in created:
             _fsync_dir(d.parent)
+        return False
 
     def open(self, sha256: str) -> BinaryIO:
         try:
@@ -391,13 +393,15 @@ class InMemoryBlobStore:
     def writer(self, max_bytes: int, label: str = "upload") -> Iterator[BlobWriter]:
         yield MemoryBlobWriter(max_bytes)
 
-    def commit(self, writer: BlobWriter) -> None:
+    def commit(self, writer: BlobWriter) -> bool:
         assert isinstance(writer, MemoryBlobWriter)
         staged = writer.finish()
         with self._lock:
-            if staged.sha256 not in self.blobs:
-                self.blobs[staged.sha256] = bytes(writer.buffer)
-                self.stored_at[staged.sha256] = time.time()
+            if staged.sha256 in self.blobs:
+                return True
+            self.blobs[staged.sha256] = bytes(writer.buffer)
+            self.stored_at[staged.sha256] = time.time()
+            return False
 
     def open(self, sha256: str) -> BinaryIO:
         try:

@@ -120,6 +120,9 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
     Variable("MEDIA_AUDIT_LOG", "on", "The audit events on the logger `media.audit`: on or off"),
+    Variable("MEDIA_METRICS_HTTP", "on", "The HTTP metrics of /metrics: on or off"),
+    Variable("MEDIA_METRICS_BUSINESS", "on", "The business metrics (uploads, downloads...): on or off"),
+    Variable("MEDIA_METRICS_SYSTEM", "on", "The system metrics (database, storage, auth): on or off"),
     Variable("MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE", "60", "Uploads and presigned URLs per subject; 0: off"),
     Variable(
         "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP",
@@ -290,6 +293,9 @@ class Config:
     orphan_grace_seconds: int
     log_level: str
     audit_log: bool
+    metrics_http: bool
+    metrics_business: bool
+    metrics_system: bool
     rate_limit_uploads_per_minute: int
     rate_limit_requests_per_minute_per_ip: int
     rate_limit_upload_bytes_per_hour: int
@@ -341,6 +347,9 @@ class Config:
             orphan_grace_seconds=_int(env, "MEDIA_ORPHAN_GRACE_SECONDS"),
             log_level=_log_level(_get(env, "MEDIA_LOG_LEVEL")),
             audit_log=_choice(env, "MEDIA_AUDIT_LOG", ("on", "off")) == "on",
+            metrics_http=_choice(env, "MEDIA_METRICS_HTTP", ("on", "off")) == "on",
+            metrics_business=_choice(env, "MEDIA_METRICS_BUSINESS", ("on", "off")) == "on",
+            metrics_system=_choice(env, "MEDIA_METRICS_SYSTEM", ("on", "off")) == "on",
             rate_limit_uploads_per_minute=_int(env, "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE"),
             rate_limit_requests_per_minute_per_ip=_int(env, "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP"),
             rate_limit_upload_bytes_per_hour=_int(env, "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR"),

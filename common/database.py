@@ -27,6 +27,7 @@ import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 
+from common import metrics
 from common.breaker import CircuitBreaker
 from common.problems import DatabaseUnavailable, UnstorableInput
 
@@ -166,6 +167,7 @@ class Database:
             ):
                 yield conn
         except DatabaseUnavailable as exc:
+            metrics.system(metrics.DB_ERRORS)
             if _silent(exc.__cause__):
                 self._breaker.failed()
             else:
@@ -177,6 +179,11 @@ class Database:
             raise
         else:
             self._breaker.succeeded()
+        finally:
+            stats = self._pool.get_stats()
+            metrics.pool_state(
+                stats.get("pool_size", 0), stats.get("pool_available", 0), stats.get("requests_waiting", 0)
+            )
 
     def _flush_stale_connections(self) -> None:
         """After a failure, check the idle connections in the background and drop the broken ones.

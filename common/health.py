@@ -8,6 +8,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from common import metrics
 from common.services import Services
 from common.sniff import libmagic_version
 from common.web import Routes, json_response
@@ -17,21 +18,23 @@ def liveness() -> dict[str, Any]:
     return {"status": "ok", "checks": {}}
 
 
-def _timed(check: Callable[[], None]) -> dict[str, Any]:
+def _timed(name: str, check: Callable[[], None]) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {"status": "ok"}
     try:
         check()
     except Exception as exc:  # any failure is a failed check, reported, never raised
         result = {"status": "failed", "detail": f"{exc.__class__.__name__}: {exc}".strip()[:300]}
-    result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    seconds = time.perf_counter() - started
+    metrics.readiness_check(name, seconds)
+    result["latency_ms"] = round(seconds * 1000, 2)
     return result
 
 
 def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
     checks = {
-        "database": _timed(services.repo.ping),
-        "storage": _timed(services.store.check_writable),
+        "database": _timed("database", services.repo.ping),
+        "storage": _timed("storage", services.store.check_writable),
     }
     ready = all(c["status"] == "ok" for c in checks.values())
     # Type detection depends on the libmagic build (results differ between 5.4x releases).

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import urllib3
 
+from common import tracing
+
 MAX_BODY_BYTES = 1024 * 1024  # a JWKS or an introspection answer is a few KiB
 
 
@@ -56,6 +58,9 @@ class HttpClient:
         return self._request("POST", url, headers=headers, fields=fields, encode_multipart=False)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        trace = tracing.current()
+        if trace is not None:  # the call is made for a request: it continues that request's trace
+            kwargs.setdefault("headers", {})["traceparent"] = trace.child().header()
         try:
             response = self._manager().request(method, url, preload_content=False, **kwargs)
         except urllib3.exceptions.HTTPError as exc:

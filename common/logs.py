@@ -1,14 +1,35 @@
-"""JSON logs, one object per line on stderr, with the request's fields when a record carries them."""
+"""JSON logs, one object per line on stderr, with the request's fields when a record carries them.
+
+Every line logged while a request is served carries that request's `request_id` and `trace_id`
+(bound by the dispatch, `request_context`), whichever module logs it; and the function's revision
+(`K_REVISION`, which Knative sets) when there is one.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 _FIELDS = ("function", "method", "path", "status", "duration_ms", "request_id")
 _configured = False
+_request: ContextVar[dict[str, str]] = ContextVar("media_request", default={})  # noqa: B039 - never mutated
+REVISION = os.environ.get("K_REVISION")
+
+
+@contextmanager
+def request_context(**fields: str) -> Iterator[None]:
+    """Fields every log line in the block carries (the thread's own context)."""
+    token = _request.set({**_request.get(), **fields})
+    try:
+        yield
+    finally:
+        _request.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,6 +40,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        doc.update(_request.get())
+        if REVISION:
+            doc["revision"] = REVISION
         for name in _FIELDS:
             if name in record.__dict__:
                 doc[name] = record.__dict__[name]

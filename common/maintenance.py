@@ -18,6 +18,7 @@ import logging
 import threading
 import uuid
 
+from common import metrics
 from common.cas import BlobStore
 from common.config import Config
 from common.repository import MediaRepository
@@ -38,9 +39,11 @@ def maintain(config: Config, store: BlobStore, repo: MediaRepository) -> None:
     removed = store.sweep_temp(config.temp_max_age_seconds)
     if removed:
         log.info("swept %d abandoned temp file(s)", removed)
+        metrics.system(metrics.TEMP_SWEPT, removed)
     for record in repo.remove_expired_pending(config.pending_grace_seconds):
         store.remove_temp(upload_label(record.id))
         log.info("removed expired pending upload %s", record.id)
+        metrics.business(metrics.PRESIGNED, 1, "expired")
     repo.purge_rate_limits()
     if repo.claim_task(RECONCILE_TASK, config.temp_sweep_interval_seconds):
         orphans = reconcile_orphans(store, repo, config.orphan_grace_seconds)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
+from common import metrics
 from common.cas import BlobWriter
 from common.conditional import Content, HeaderLookup, Representation, evaluate
 from common.problems import (
@@ -90,7 +91,8 @@ def commit_blob(
 ) -> MediaRecord:
     """Move the finished temp file to its address and write the record, under the digest's lock."""
     with services.repo.digest_scope(sha256) as scope:
-        services.store.commit(writer)
+        if services.store.commit(writer):
+            metrics.business(metrics.DEDUP_HITS)
         try:
             return write(scope)
         except BaseException:

@@ -53,7 +53,6 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from common import routing
 from common.config import Config, ConfigError
 from common.problems import problem_for_status
-from common.services import check_configuration
 
 log = logging.getLogger("media.server")
 
@@ -66,6 +65,7 @@ LINGER_SECONDS = 2.0  # as gunicorn's own graceful close
 LINGER_DRAIN_BYTES = 64 * 1024
 LIMIT_REQUEST_LINE = 8190  # gunicorn's largest; functions-framework sets none at all
 FUNCTIONS_DIR = Path(__file__).resolve().parent.parent / "functions"
+METRICS_PATH = "/metrics"  # on every function's own port; never in the routing table or the ingress
 
 # gunicorn's parse errors that are not a plain 400 (the rest of http_errors.ParseException is).
 _STATUS_OF_PARSE_ERROR: tuple[tuple[type[BaseException], int], ...] = (
@@ -93,7 +93,8 @@ class Settings:
         return cls(
             header_timeout_seconds=config.header_timeout_seconds,
             body_idle_timeout_seconds=config.body_idle_timeout_seconds,
-            probe_paths=frozenset(r.path for r in routing.routes() if r.probe),
+            # Probes and scrapes are cheap and must answer when every request thread is busy.
+            probe_paths=frozenset({*(r.path for r in routing.routes() if r.probe), METRICS_PATH}),
         )
 
 
@@ -325,7 +326,14 @@ class Server(BaseApplication):  # type: ignore[misc]
     command line or environment)."""
 
     def __init__(self, app: WsgiApp, config: Config, bind: str) -> None:
-        self._app = app
+        from common import metrics
+
+        if config.workers > 1 and not metrics.multiprocess_mode():
+            raise RuntimeError(f"{metrics.MULTIPROC_ENV} must be set before prometheus-client is imported")
+        metrics.configure(
+            http=config.metrics_http, business=config.metrics_business, system=config.metrics_system
+        )
+        self._app = serve_metrics(honour_connection_close(app), config.cas_root)
         worker = type("MediaWorker", (MediaWorker,), {"settings": Settings.of(config)})
         self._options: dict[str, Any] = {
             "bind": bind,
@@ -340,6 +348,9 @@ class Server(BaseApplication):  # type: ignore[misc]
             "limit_request_field_size": 8190,
             "accesslog": None,  # the dispatch logs every request as JSON
             "loglevel": "warning",
+            # gunicorn 27's control socket wants a writable $HOME; nothing here uses gunicornc.
+            "control_socket_disable": True,
+            "child_exit": lambda arbiter, worker: metrics.worker_exited(worker.pid),
         }
         super().__init__()
 
@@ -348,7 +359,23 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> WsgiApp:
-        return honour_connection_close(self._app)
+        return self._app
+
+
+def serve_metrics(app: WsgiApp, volume: Path) -> WsgiApp:
+    """`GET /metrics` answered here, below the function and its routing table: on each process's
+    own port for Prometheus, never through the ingress, which only routes the table's paths."""
+    from common import metrics
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != METRICS_PATH or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return app(environ, start_response)
+        metrics.storage_free(volume)
+        body, content_type = metrics.exposition()
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body] if environ["REQUEST_METHOD"] == "GET" else []
+
+    return wrapped
 
 
 def honour_connection_close(app: WsgiApp) -> WsgiApp:
@@ -382,8 +409,19 @@ def fail(message: str) -> int:
 
 
 def configured() -> Config:
-    """The configuration of the environment, checked for serving; ConfigError names what is wrong."""
+    """The configuration of the environment, checked for serving; ConfigError names what is wrong.
+
+    With several workers, prometheus-client must find PROMETHEUS_MULTIPROC_DIR before anything
+    imports it (it picks its storage at import): set here, emptied, before the checks import the
+    rest of the service.
+    """
     config = Config.from_env(os.environ)
+    if config.workers > 1:
+        from common.metrics_dir import prepare
+
+        prepare(os.environ)
+    from common.services import check_configuration
+
     check_configuration(config)
     return config
 

@@ -12,7 +12,6 @@ import logging
 import re
 import time
 import unicodedata
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -24,14 +23,16 @@ from werkzeug.routing import Map
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from common import audit, cors, logs, routing, text
+from common import audit, cors, logs, metrics, routing, text, tracing
 from common.conditional import Content
 from common.problems import (
     BadRequest,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     Problem,
+    Unauthorized,
     UnprocessableContent,
     UnsupportedMediaType,
     problem_for_status,
@@ -63,6 +64,13 @@ def loggable_path(path: str) -> str:
     return _CAPABILITY_PATH.sub(r"\1<token>", path)
 
 
+def _auth_failure_reason(problem: Unauthorized | Forbidden) -> str:
+    """A short, bounded label: RFC 6750's error code (never the detail, which may quote input)."""
+    if isinstance(problem, Forbidden):
+        return "insufficient_scope" if problem.scope else "forbidden"
+    return problem.error or "missing_token"
+
+
 def client_ip_of(request: Request, services: Services) -> str:
     """The client's address, through MEDIA_TRUSTED_PROXY_HOPS proxies (remembered per request)."""
     ip = request.environ.get("media.client_ip")
@@ -74,12 +82,22 @@ def client_ip_of(request: Request, services: Services) -> str:
 
 
 def request_id_of(request: Request) -> str:
+    """The client's X-Request-ID when it is sane, else the trace id of its `traceparent`, else new."""
     rid = request.environ.get("media.request_id")
     if rid is None:
         given = request.headers.get("X-Request-ID", "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = given if _REQUEST_ID.match(given) else trace_of(request).trace_id
         request.environ["media.request_id"] = rid
     return str(rid)
+
+
+def trace_of(request: Request) -> tracing.Trace:
+    """The request's W3C trace: the one it came with, or a new one."""
+    trace = request.environ.get("media.trace")
+    if not isinstance(trace, tracing.Trace):
+        trace = tracing.parse(request.headers.get("traceparent")) or tracing.new()
+        request.environ["media.trace"] = trace
+    return trace
 
 
 def problem_response(problem: Problem, request: Request) -> Response:
@@ -244,13 +262,22 @@ class Routes:
 
     def dispatch(self, request: Request, provider: ServiceSource) -> Response:
         started = time.perf_counter()
-        request_id_of(request)
+        trace = trace_of(request)
+        with (
+            tracing.bound(trace),
+            logs.request_context(request_id=request_id_of(request), trace_id=trace.trace_id),
+        ):
+            return self._dispatch(request, provider, started)
+
+    def _dispatch(self, request: Request, provider: ServiceSource, started: float) -> Response:
         try:
             response = self._handle(request, provider)
         except Exception as exc:
             problem = problem_of(exc)
             if type(problem) is Problem:
                 log.exception("unhandled error on %s %s", request.method, request.path)
+            elif isinstance(problem, Unauthorized | Forbidden):
+                metrics.system(metrics.AUTH_FAILURES, 1, _auth_failure_reason(problem))
             response = problem_response(problem, request)
         if not response.is_streamed:
             # functions-framework reads the whole request body after a non-streamed response (see
@@ -269,7 +296,22 @@ class Routes:
             )
         self._access_log(request, response, started)
         self._audit(request, response)
+        self._measure(request, response, started)
         return response
+
+    def _measure(self, request: Request, response: Response, started: float) -> None:
+        operation = request.environ.get("media.operation")
+        route = self.by_operation[operation].path if operation in self.by_operation else "(no route)"
+        metrics.observe_http(
+            self.function,
+            route,
+            request.method,
+            response.status_code,
+            time.perf_counter() - started,
+            request.content_length or 0,
+            int(response.headers.get("Content-Length", "0") or 0),
+        )
+        metrics.request_answered(operation, response.status_code, request.environ.get("media.audit", {}))
 
     def _audit(self, request: Request, response: Response) -> None:
         services = request.environ.get("media.services")

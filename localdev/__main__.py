@@ -22,14 +22,15 @@ from typing import Any
 
 import psycopg
 
-from common import logs
+from common import logs, metrics_dir
 from common.cas import LocalBlobStore
 from common.config import Config, ConfigError, DevelopmentModeWarning
 from common.migrate import migrate
-from common.server import Server, fail
-from common.services import check_configuration
+from common.server import fail
 from localdev import devsecrets
-from localdev.router import Demo, build_router, load_functions
+
+# The service's own modules (common.services, localdev.router and what they import) are imported
+# inside the functions below, after `main` has decided where prometheus-client keeps its values.
 
 log = logging.getLogger("media.localdev")
 
@@ -103,6 +104,8 @@ def prepare() -> tuple[Config, Any, bool]:
         server, url = start_embedded_postgres(config.data_dir)
         os.environ["MEDIA_DATABASE_URL"] = url
         log.info("embedded PostgreSQL running under %s", config.data_dir / "pg")
+    from common.services import check_configuration
+
     try:
         config = Config.from_env(os.environ)
         check_configuration(config)  # what a deployed function checks before serving
@@ -116,6 +119,9 @@ def prepare() -> tuple[Config, Any, bool]:
 
 
 def serve(config: Config, dev_jwt: bool) -> None:
+    from common.server import Server
+    from localdev.router import Demo, build_router, load_functions
+
     # Nothing else writes to this volume while we start, so every temp file is abandoned.
     LocalBlobStore(config.cas_root).sweep_temp(0)
     demo = Demo(token_secret=config.jwt_secret if dev_jwt else None)
@@ -135,6 +141,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m localdev [serve|migrate]", file=sys.stderr)
         return 2
     try:
+        if Config.from_env(os.environ).workers > 1:
+            metrics_dir.prepare(os.environ)  # before prometheus-client is imported
         config, server, dev_jwt = prepare()
     except ConfigError as exc:
         return fail(f"make run: configuration error: {exc}")

@@ -34,6 +34,7 @@ def get_content(request: Request, services: Services, id: str) -> Response:
     if link is not None:  # a signed link, e.g. from <img src>: no bearer token
         expires, sig = link
         content = media.read_signed_content(services, id, expires, sig, request.method, request.headers)
+        web.note(request, signed_link=True)
     else:
         principal = web.authenticate(request, services)
         content = media.read_content(services, principal, id, request.method, request.headers)

@@ -84,6 +84,28 @@ def test_routes_reach_their_functions_and_the_rest_is_problem_json(rehearsal: Re
     assert wrong.json()["status"] == 405
 
 
+def test_each_function_answers_metrics_on_its_own_port_and_the_ingress_never_does(
+    rehearsal: Rehearsal,
+) -> None:
+    assert requests.get(rehearsal.base + "/health/live", timeout=10).status_code == 200
+    for name, procs in rehearsal.processes.items():
+        for proc in procs:
+            scraped = requests.get(proc.base + "/metrics", timeout=10)
+            assert scraped.status_code == 200, (name, scraped.text[:200])
+            assert scraped.headers["Content-Type"].startswith("text/plain; version=")
+            assert "# TYPE media_http_requests_total counter" in scraped.text
+    health = requests.get(rehearsal.processes["health"][0].base + "/metrics", timeout=10).text
+    assert (
+        'media_http_requests_total{function="health",method="GET",route="/health/live",status="200"}'
+        in health
+    )
+    for method in ("GET", "HEAD", "POST"):
+        hidden = requests.request(method, rehearsal.base + "/metrics", timeout=10)
+        assert hidden.status_code == 404, (method, hidden.status_code)
+        assert hidden.headers["Content-Type"] == "application/problem+json"
+        assert "media_" not in hidden.text
+
+
 def test_make_up_serves_through_nginx_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     """`make up` as a person runs it: embedded PostgreSQL, development secrets, Ctrl-C."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
