@@ -103,6 +103,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MEDIA_CORS_ORIGINS", None, "Comma-separated exact origins allowed by CORS; unset: no CORS"),
     Variable("MEDIA_DB_POOL_MAX", "8", "Connections per process in the PostgreSQL pool"),
     Variable(
+        "MEDIA_DB_POOLING",
+        "session",
+        "session: PostgreSQL directly (or a session pooler); transaction: PgBouncer in transaction mode",
+    ),
+    Variable(
         "MEDIA_DB_TIMEOUT_SECONDS",
         "2",
         "Wait for a pool connection, and for each round trip on it, before 503; readiness in all",
@@ -287,6 +292,7 @@ class Config:
     pending_grace_seconds: int
     cors_origins: frozenset[str]
     db_pool_max: int
+    db_pooling: str
     db_timeout_seconds: float
     temp_max_age_seconds: int
     temp_sweep_interval_seconds: int
@@ -341,6 +347,7 @@ class Config:
             pending_grace_seconds=_int(env, "MEDIA_PENDING_GRACE_SECONDS"),
             cors_origins=_origins(_get(env, "MEDIA_CORS_ORIGINS")),
             db_pool_max=_int(env, "MEDIA_DB_POOL_MAX", minimum=1),
+            db_pooling=_choice(env, "MEDIA_DB_POOLING", ("session", "transaction")),
             db_timeout_seconds=_float(env, "MEDIA_DB_TIMEOUT_SECONDS"),
             temp_max_age_seconds=_int(env, "MEDIA_TEMP_MAX_AGE_SECONDS"),
             temp_sweep_interval_seconds=_int(env, "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", minimum=1),

@@ -106,10 +106,30 @@ class DeadlineConnection(psycopg.Connection[dict[str, Any]]):
             self.deadline_seconds = saved
 
 
+def _server_timeout(timeout_seconds: float) -> dict[str, Any]:
+    return {"options": f"-c statement_timeout={round(timeout_seconds * 1000)}"}
+
+
+# Through PgBouncer in transaction mode each transaction may run on another server connection:
+# PgBouncer refuses the `options` startup parameter (set statement_timeout on the role instead,
+# `ALTER ROLE ... SET statement_timeout`; the client's own deadline holds either way), and a
+# statement psycopg prepared on one server connection does not exist on the next (PgBouncer
+# before 1.21 does not track them), so nothing is prepared. Session state is never relied on: the
+# digest lock is transaction-scoped (repository.py).
+_THROUGH_TRANSACTION_POOLER: dict[str, Any] = {"prepare_threshold": None}
+
+
 class Database:
     """Opens its pool on construction; build it per process, after the fork (see services.py)."""
 
-    def __init__(self, conninfo: str, *, max_size: int = 8, timeout_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_size: int = 8,
+        timeout_seconds: float = 2.0,
+        transaction_pooling: bool = False,
+    ) -> None:
         self.timeout_seconds = timeout_seconds
         client_deadline = timeout_seconds + _CLIENT_MARGIN_SECONDS
 
@@ -139,7 +159,7 @@ class Database:
                 "application_name": "media",
                 # libpq counts the whole connection set-up, TLS and authentication included.
                 "connect_timeout": max(2, round(timeout_seconds)),
-                "options": f"-c statement_timeout={round(timeout_seconds * 1000)}",
+                **(_THROUGH_TRANSACTION_POOLER if transaction_pooling else _server_timeout(timeout_seconds)),
                 # TCP only (ignored on Unix sockets): notice a peer that vanished, idle or not.
                 "keepalives": 1,
                 "keepalives_idle": max(1, round(2 * timeout_seconds)),

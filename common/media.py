@@ -13,10 +13,11 @@ removed only inside `repository.digest_scope(sha256)`, a lock held across proces
   then, under the lock, the temp file is renamed to its address (or dropped if the address
   exists: dedup) and the record is written. If that fails, the blob is removed again
   unless another record references it.
-- Delete: under the same lock, the record is deleted and, when no record references the digest
-  any more, the blob is unlinked.
-So a delete cannot unlink a blob between an upload's rename and its INSERT, and an upload that
-commits after a delete simply renames its own copy into place again.
+- Delete: under the same lock, the record is deleted (committed when the lock is released); then,
+  under the lock again, the blob is unlinked if no record references the digest any more.
+So a delete cannot unlink a blob between an upload's rename and its INSERT, nor unlink it before
+its own DELETE is committed, and an upload that commits after a delete simply renames its own
+copy into place again. (The lock is transaction-scoped: a scope's writes commit when it ends.)
 A crash (or a database that stops answering) between the two steps leaves at worst an
 unreferenced blob, never a record without bytes; the maintenance's reconciler removes such blobs
 once they are older than `MEDIA_ORPHAN_GRACE_SECONDS` (see `services.py`).
@@ -41,6 +42,7 @@ from common.problems import (
     BadRequest,
     BlobMissing,
     Conflict,
+    DatabaseUnavailable,
     Forbidden,
     NotFound,
 )
@@ -133,15 +135,27 @@ def delete(services: Services, principal: Principal, media_id: str) -> MediaReco
     for _ in range(3):
         with services.repo.digest_scope(record.sha256 or _NO_BLOB) as scope:
             deleted = scope.delete(record.id, record.sha256)
-            if deleted is not None:
-                if deleted.sha256 is not None and scope.references(deleted.sha256) == 0:
-                    services.store.delete(deleted.sha256)
-                return deleted
+        if deleted is not None:
+            if deleted.sha256 is not None:
+                _unlink_if_unreferenced(services, deleted.sha256)
+            return deleted
         current = services.repo.get(record.id)
         if current is None:
             raise NotFound("No such media")  # a concurrent delete won
         record = current
     raise Conflict("The media changed while it was being deleted; try again")
+
+
+def _unlink_if_unreferenced(services: Services, sha256: str) -> None:
+    """The last record of a digest is gone (committed): its blob goes too, unless an upload of the
+    same bytes committed in between. Should this fail, the record is deleted all the same and the
+    reconciler removes the blob later (see maintenance.py)."""
+    try:
+        with services.repo.digest_scope(sha256) as scope:
+            if scope.references(sha256) == 0:
+                services.store.delete(sha256)
+    except DatabaseUnavailable:
+        log.warning("blob %s of a deleted record left for the reconciler", sha256)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,14 @@ Only this module speaks SQL. Every query is parameterised. Connections come from
 into `DatabaseUnavailable` (503 at the edge) and values the database refuses into
 `UnstorableInput` (400): never psycopg exceptions.
 
-`digest_scope(sha256)` is the lock that keeps the CAS and the table consistent: it holds a
-PostgreSQL session advisory lock keyed by the digest, on one connection, until the block ends.
-Committing an upload and deleting the last record of a digest both happen inside it, so a delete
-can never unlink a blob between an upload's rename and its INSERT (see `media.py`). Advisory
-locks work across processes and hosts, which file locks on NFS do not.
+`digest_scope(sha256)` is the lock that keeps the CAS and the table consistent: one transaction
+holding a transaction-scoped advisory lock keyed by the digest (`pg_advisory_xact_lock`). What
+is written inside commits when the block ends, and the lock goes with that commit; the writes
+inside are savepoints. Committing an upload and unlinking the last blob of a digest both happen
+inside one, so a delete can never unlink a blob between an upload's rename and its INSERT (see
+`media.py`). Advisory locks work across processes and hosts, which file locks on NFS do not; a
+transaction-scoped one also works through PgBouncer in transaction mode, where a session lock
+would stay on whichever server connection took it.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class MediaRepository(Protocol):
 
     def list_media(self, query: ListQuery) -> list[MediaRecord]: ...
 
-    def digest_scope(self, sha256: str) -> AbstractContextManager[DigestScope]: ...
+    def digest_scope(self, sha256: str) -> AbstractContextManager[DigestScope]:
+        """The digest's lock for the block, which is one transaction: its writes commit at the end."""
 
     def try_digest_scope(self, sha256: str) -> AbstractContextManager[DigestScope | None]:
         """The digest's lock if it is free right now, else None (nothing waits)."""
@@ -188,8 +192,20 @@ class _PgDigestScope:
 class PgMediaRepository:
     """Opens its pool on construction; build it per process, after the fork (see services.py)."""
 
-    def __init__(self, conninfo: str, *, max_size: int = 8, timeout_seconds: float = 2.0) -> None:
-        self._db = Database(conninfo, max_size=max_size, timeout_seconds=timeout_seconds)
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_size: int = 8,
+        timeout_seconds: float = 2.0,
+        transaction_pooling: bool = False,
+    ) -> None:
+        self._db = Database(
+            conninfo,
+            max_size=max_size,
+            timeout_seconds=timeout_seconds,
+            transaction_pooling=transaction_pooling,
+        )
         self._conn = self._db.connection
 
     def get(self, media_id: uuid.UUID) -> MediaRecord | None:
@@ -226,27 +242,17 @@ class PgMediaRepository:
 
     @contextmanager
     def digest_scope(self, sha256: str) -> Iterator[DigestScope]:
-        with self._conn() as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (_lock_key(sha256),))
-            try:
-                yield _PgDigestScope(conn)
-            finally:
-                # If the connection broke, the session (and its lock) is gone anyway.
-                if not conn.closed and not conn.broken:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sha256),))
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(sha256),))
+            yield _PgDigestScope(conn)
 
     @contextmanager
     def try_digest_scope(self, sha256: str) -> Iterator[DigestScope | None]:
-        with self._conn() as conn:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (_lock_key(sha256),)).fetchone()
-            if row is None or not row["locked"]:
-                yield None
-                return
-            try:
-                yield _PgDigestScope(conn)
-            finally:
-                if not conn.closed and not conn.broken:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sha256),))
+        with self._conn() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s) AS locked", (_lock_key(sha256),)
+            ).fetchone()
+            yield _PgDigestScope(conn) if row is not None and row["locked"] else None
 
     def referenced(self, digests: Sequence[str]) -> set[str]:
         with self._conn() as conn:

@@ -67,6 +67,7 @@ def build_services(config: Config, *, background: bool = True) -> Services:
         config.require_database_url(),
         max_size=config.db_pool_max,
         timeout_seconds=config.db_timeout_seconds,
+        transaction_pooling=config.db_pooling == "transaction",
     )
     verifier = build_verifier(config)
     keys = KeyRing(config.require_presign_secret(), config.presign_previous_secret)

@@ -8,12 +8,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from common import media
 from common.problems import DatabaseUnavailable
-from common.repository import ListQuery, NewMedia, NewPending, PgMediaRepository
+from common.repository import ListQuery, MediaRecord, NewMedia, NewPending, PgMediaRepository
 from common.services import Services
 from common.tokens import DELETE, READ, WRITE, Principal
 from tests.factories import png, upload_body
@@ -89,6 +90,35 @@ def test_a_delete_racing_an_upload_of_the_same_bytes_never_strands_a_record(serv
         assert services.store.exists(survivor.sha256), "a ready record lost its bytes"
         media.delete(services, alice, str(survivor.id))
         assert not services.store.exists(survivor.sha256)
+
+
+def test_an_upload_committed_between_a_delete_and_its_unlink_keeps_its_bytes(services: Services) -> None:
+    """The delete commits first, then takes the lock again to unlink: an upload of the same bytes
+    that got in between is seen, and its blob stays."""
+    alice = Principal("between-" + uuid.uuid4().hex, frozenset({READ, WRITE, DELETE}))
+    body, ctype = upload_body(png(20, 20))
+    victim = media.upload_multipart(services, alice, io.BytesIO(body), ctype)
+    original = services.repo.digest_scope
+    scopes: list[str] = []
+    survivors: list[MediaRecord] = []
+
+    def upload_before_the_unlink(sha256: str) -> Any:
+        scopes.append(sha256)
+        if len(scopes) == 2:  # the delete's second scope: its DELETE is committed by now
+            services.repo.digest_scope = original  # type: ignore[method-assign]
+            survivors.append(media.upload_multipart(services, alice, io.BytesIO(body), ctype))
+        return original(sha256)
+
+    services.repo.digest_scope = upload_before_the_unlink  # type: ignore[method-assign]
+    try:
+        media.delete(services, alice, str(victim.id))
+    finally:
+        services.repo.digest_scope = original  # type: ignore[method-assign]
+    assert scopes == [victim.sha256, victim.sha256]
+    assert services.repo.get(victim.id) is None
+    [survivor] = survivors
+    assert survivor.sha256 is not None and survivor.sha256 == victim.sha256
+    assert services.store.exists(survivor.sha256)
 
 
 def test_a_delete_racing_the_completion_of_its_upload_leaves_no_orphan(services: Services) -> None:
