@@ -55,10 +55,24 @@ up: install test-deps ## production rehearsal: each function its own process, ng
 unit: install ## unit tests only
 	$(PY) -m pytest tests/unit $(T)
 
+# `make images` builds each function's image from infra/Dockerfile: $(IMAGE_PREFIX)NAME:$(IMAGE_TAG).
+IMAGE_PREFIX ?= media-
+IMAGE_TAG ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BASE_IMAGE ?= python:3.11-slim-bookworm
+FUNCTIONS ?= $(notdir $(patsubst %/main.py,%,$(wildcard functions/*/main.py)))
+
+images: ## build every function's container image (needs Docker; IMAGE_PREFIX, IMAGE_TAG, BASE_IMAGE, FUNCTIONS)
+	@command -v docker >/dev/null || { echo "make images needs Docker (docker: command not found)" >&2; exit 1; }
+	@for name in $(FUNCTIONS); do \
+	  echo "building $(IMAGE_PREFIX)$$name:$(IMAGE_TAG) from $(BASE_IMAGE)"; \
+	  docker build -q -f infra/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg FUNCTION=$$name \
+	    -t $(IMAGE_PREFIX)$$name:$(IMAGE_TAG) . >/dev/null || exit 1; \
+	done
+
 bench: install test-deps ## the rehearsal vs nginx: transfers, ranges, metadata latency, RSS, cold start
 	$(PY) -m bench.rehearsal
 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test-deps test test-embedded up unit bench clean
+.PHONY: help install run migrate token lint fmt test-deps test test-embedded up unit images bench clean
