@@ -8,7 +8,11 @@ Figures (printed as a table and written to bench/results/rehearsal.json):
 - random 64 KiB ranges and metadata GETs (JWT + database) at concurrency 1, 16, 64 with wrk:
   requests/s, p50, p99 (metadata target: p99 < 20 ms at 16);
 - peak RSS of every function process during the 1 GiB transfers, target < 150 MiB;
-- cold start per function (process start to first successful readiness answer), target < 1 s.
+- cold start per function (process start to first successful readiness answer), target < 1 s;
+- what the Kubernetes scaling settings are derived from (infra/k8s): CPU-seconds per GiB uploaded
+  (multipart, presigned) and downloaded, counted from /proc for the function's processes; and one
+  download process driven directly at its containerConcurrency (8): requests/s and CPU-ms per
+  request for the metadata GET and the 64 KiB range.
 
 Every loop is bounded in count and time; all traffic goes to 127.0.0.1. Read the figures with
 ../shared/notes/benchmarking-here.md in mind: ratios from one interleaved run, not absolutes.
@@ -155,6 +159,22 @@ def nginx_put(peer: str, path: Path, size: int) -> tuple[float, float]:
     return elapsed, elapsed + time.perf_counter() - started
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(procs: list[Any]) -> float:
+    """User + system CPU time of these functions' processes (gunicorn masters and workers)."""
+    total = 0
+    for proc in procs:
+        for pid in proc.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
 def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
     auth = {"Authorization": f"Bearer {token}"}
     assert rehearsal.nginx is not None
@@ -164,16 +184,21 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
         os.sync()
         keys = ("multipart", "presigned", "nginx_put", "nginx_put_fsync", "download", "nginx_get")
         totals = dict.fromkeys(keys, 0.0)
+        cpu = dict.fromkeys(("multipart", "presigned", "download"), 0.0)
+        uploaders, downloaders = rehearsal.processes["upload"], rehearsal.processes["download"]
         for i in range(ROUNDS[size]):
             payload = Payload(size)  # fresh bytes every time: the CAS writes a new file
             # Rotate the order each round, so that no contender always follows the same one.
             for step in range(3):
                 job = (i + step) % 3
+                before = cpu_seconds(uploaders)
                 if job == 0:
                     elapsed, doc = upload_multipart(rehearsal.base, auth, payload)
                     totals["multipart"] += elapsed
+                    cpu["multipart"] += cpu_seconds(uploaders) - before
                 elif job == 1:
                     totals["presigned"] += upload_presigned(rehearsal.base, auth, size)
+                    cpu["presigned"] += cpu_seconds(uploaders) - before
                 else:
                     raw, durable = nginx_put(
                         peer, rehearsal.nginx.prefix / "dav" / f"put-{size}-{i}.bin", size
@@ -181,7 +206,9 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
                     totals["nginx_put"] += raw
                     totals["nginx_put_fsync"] += durable
 
+            before = cpu_seconds(downloaders)
             total, elapsed, digest = fetch(doc["links"]["content"], {})
+            cpu["download"] += cpu_seconds(downloaders) - before
             assert total == size
             assert digest == payload.sha256
             totals["download"] += elapsed
@@ -201,6 +228,7 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
                 "presigned_vs_nginx_put": round(rate["presigned"] / rate["nginx_put"], 2),
                 "multipart_vs_nginx_put_fsync": round(rate["multipart"] / rate["nginx_put_fsync"], 2),
                 "presigned_vs_nginx_put_fsync": round(rate["presigned"] / rate["nginx_put_fsync"], 2),
+                "cpu_s_per_gib": {k: round(v / (mib / 1024), 2) for k, v in cpu.items()},
             }
         )
     return rows
@@ -254,6 +282,30 @@ def wrk(url: str, connections: int, headers: dict[str, str], script: str | None 
         "p99_ms": latency("99"),
         "non_2xx": int(errors.group(1)) if errors else 0,
     }
+
+
+PER_PROCESS_CONNECTIONS = 8  # the download Service's containerConcurrency (MEDIA_THREADS)
+
+
+def one_download_process(
+    rehearsal: Rehearsal, auth: dict[str, str], media_id: str, content: str
+) -> dict[str, Any]:
+    """One download process on its own port, no ingress, at its containerConcurrency: what one
+    Knative pod of `download` does, and the CPU each request costs it (wrk shares the 2 cores)."""
+    proc = rehearsal.processes["download"][0]
+    rows: dict[str, Any] = {}
+    for label, path, script in (
+        ("metadata", f"/media/{media_id}", None),
+        ("range_64k", content, WRK_SCRIPT.format(size=GiB, path=content)),
+    ):
+        before = cpu_seconds([proc])
+        row = wrk(proc.base + path, PER_PROCESS_CONNECTIONS, auth, script)
+        used = cpu_seconds([proc]) - before
+        requests = row["rps"] * WRK_SECONDS
+        row["cpu_ms_per_request"] = round(1000 * used / requests, 3) if requests else float("nan")
+        row["rps_per_cpu"] = round(requests / used) if used else float("nan")
+        rows[label] = row
+    return rows
 
 
 class _Jwks(BaseHTTPRequestHandler):
@@ -349,6 +401,7 @@ def main() -> int:
             for kind, bearer in (("HS256", token), ("RS256", rs256), ("HS256", token), ("RS256", rs256)):
                 row = wrk(f"{rehearsal.base}/media/{media_id}", 16, {"Authorization": f"Bearer {bearer}"})
                 token_kinds.append({"kind": kind, **row})
+            per_process = one_download_process(rehearsal, auth, media_id, content)
             transfers = large_transfers(rehearsal, token)
             rss = {
                 f"{name}:{p.port}": round(max(peak_rss_bytes(pid) for pid in p.pids()) / MiB, 1)
@@ -368,6 +421,7 @@ def main() -> int:
         "metadata": metadata,
         "metadata_by_token": token_kinds,
         "rs256_vs_hs256_rps": _ratio(token_kinds, "rps"),
+        "one_download_process": per_process,
         "peak_rss_mib": rss,
         "cold_start_s": cold,
         "targets": {
@@ -431,6 +485,22 @@ def report(r: dict[str, Any]) -> None:
     for m in r["metadata_by_token"]:
         print(f"  {m['kind']}  {m['rps']:>8} {m['p50_ms']:>7} {m['p99_ms']:>7}   non-2xx {m['non_2xx']}")
     print(f"  RS256 / HS256 throughput: {r['rs256_vs_hs256_rps']}")
+    print("\nCPU-seconds per GiB (the function's processes, from /proc)")
+    for t in r["transfers"]:
+        c = t["cpu_s_per_gib"]
+        print(
+            f"  {t['size_mib']:>5} MiB  multipart {c['multipart']:>6}  presigned {c['presigned']:>6}"
+            f"  download {c['download']:>6}"
+        )
+    print(
+        f"\nOne download process at c={PER_PROCESS_CONNECTIONS}, no ingress:"
+        " req/s, p99 ms, CPU-ms/request, req/s per CPU"
+    )
+    for label, m in r["one_download_process"].items():
+        print(
+            f"  {label:<10} {m['rps']:>8} {m['p99_ms']:>7} {m['cpu_ms_per_request']:>7} {m['rps_per_cpu']:>7}"
+            f"   non-2xx {m['non_2xx']}"
+        )
     print(f"\nPeak RSS per function process (MiB): {r['peak_rss_mib']}")
     print(f"Cold start per function process (s): {r['cold_start_s']}")
 
