@@ -1,7 +1,12 @@
 """Apply the numbered SQL migrations once each, in order (`make migrate`; also run by `make run`).
 
 Idempotent and safe to run from several processes at once: a session advisory lock serialises
-runners, and each migration commits together with its row in `schema_migrations`.
+runners, and each migration commits together with its row in `schema_migrations`. Run it against
+PostgreSQL itself, not through a transaction pooler (the lock is a session's).
+
+With `MEDIA_DB_POOLING=transaction` it also gives the role its statement timeout
+(`ALTER ROLE CURRENT_USER SET statement_timeout`, from MEDIA_DB_TIMEOUT_SECONDS): through PgBouncer
+the functions cannot send it as a startup option, so their sessions take it from the role.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from psycopg import sql
 
 from common.config import Config
 
@@ -46,7 +52,13 @@ def available() -> list[Migration]:
 def migrate(conninfo: str) -> list[int]:
     """Apply what is missing; return the versions applied now."""
     applied_now: list[int] = []
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10, client_encoding="utf8") as conn:
+    with psycopg.connect(
+        conninfo,
+        autocommit=True,
+        connect_timeout=10,
+        client_encoding="utf8",
+        options="-c statement_timeout=0",  # a migration takes as long as it takes, whatever the role says
+    ) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(
@@ -71,11 +83,25 @@ def migrate(conninfo: str) -> list[int]:
     return applied_now
 
 
+def set_role_statement_timeout(conninfo: str, seconds: float) -> None:
+    """The connecting role's sessions get this statement timeout by default (a role may set its own)."""
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE CURRENT_USER SET statement_timeout = {}").format(
+                sql.Literal(f"{round(seconds * 1000)}ms")
+            )
+        )
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = Config.from_env(os.environ)
-    applied = migrate(config.require_database_url())
+    url = config.require_database_url()
+    applied = migrate(url)
     print(f"migrations applied: {applied or 'none (up to date)'}")
+    if config.db_pooling == "transaction":
+        set_role_statement_timeout(url, config.db_timeout_seconds)
+        print(f"statement_timeout of the role: {config.db_timeout_seconds} s (MEDIA_DB_POOLING=transaction)")
     return 0
 
 

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from common import media
+from common.migrate import set_role_statement_timeout
 from common.problems import DatabaseUnavailable
 from common.repository import ListQuery
 from common.services import Services, build_services
@@ -227,3 +229,21 @@ def test_the_session_setting_through_a_transaction_pooler_fails_clearly(
     finally:
         services.repo.close()
     assert "unsupported startup parameter: options" in bouncer.log.read_text()
+
+
+def test_the_migration_gives_the_role_its_statement_timeout(pg: RunningPostgres) -> None:
+    """Through PgBouncer the functions cannot send statement_timeout; `python -m common.migrate`
+    with MEDIA_DB_POOLING=transaction sets it on the role instead (here a role of the test's own)."""
+    role = "timeout_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg.url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+    try:
+        params = conninfo_to_dict(pg.url) | {"user": role, "password": "pw"}
+        own = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+        set_role_statement_timeout(own, 1.5)
+        with psycopg.connect(own, autocommit=True, client_encoding="utf8") as conn:
+            row = conn.execute("SHOW statement_timeout").fetchone()
+        assert row is not None and row[0] == "1500ms"
+    finally:
+        with psycopg.connect(pg.url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
