@@ -69,10 +69,13 @@ images: ## build every function's container image (needs Docker; IMAGE_PREFIX, I
 	    -t $(IMAGE_PREFIX)$$name:$(IMAGE_TAG) . >/dev/null || exit 1; \
 	done
 
+manifests: install ## regenerate infra/k8s and infra/openfaas from the routing table (infra/manifests.py)
+	$(PY) -m infra.manifests
+
 bench: install test-deps ## the rehearsal vs nginx: transfers, ranges, metadata latency, RSS, cold start
 	$(PY) -m bench.rehearsal
 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test-deps test test-embedded up unit images bench clean
+.PHONY: help install run migrate token lint fmt test-deps test test-embedded up unit images manifests bench clean

@@ -1,0 +1,881 @@
+"""Every deployment manifest, generated from the routing table (`common/openapi.yaml`), the
+configuration (`common/config.py`) and the scaling plans below: `make manifests` writes them,
+and a test fails when a committed file differs from what this module writes. Never edit a
+generated file by hand: change this module or the routing table, then run `make manifests`.
+
+What it writes (under infra/):
+- k8s/base: the ConfigMap, the CAS volume (a ReadWriteMany PVC), the CloudNativePG `Cluster` and
+  its PgBouncer `Pooler` (transaction mode), the migration `Job`, one Knative `Service` per
+  function, one Gateway API `HTTPRoute` per function with the `ReferenceGrant` it needs, and the
+  `PodMonitor`. Each object carries the label `media.recipes/apply-stage` (database, migration,
+  service): README's apply order applies them stage by stage.
+- k8s/components/istio: the same routes as one Istio `VirtualService`, instead of the HTTPRoutes.
+- k8s/overlays/dev and prod: image names and tags, scale bounds, storage class, resources.
+- openfaas/stack.yml: the same functions for OpenFaaS, with per-function scaling labels.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common import routing
+
+ROOT = Path(__file__).resolve().parent
+NAMESPACE = "media"
+APP = "media"
+STAGE_LABEL = "media.recipes/apply-stage"
+IMAGE_PREFIX = "media-"  # overlays map these names to a registry and a tag (kustomize `images`)
+CAS_MOUNT = "/data"  # MEDIA_DATA_DIR; the CAS is <MEDIA_DATA_DIR>/cas
+PORT = 8080
+PUBLIC_HOST = "media.example.com"
+# The Gateway the platform team runs (overlays change it), and Knative's internal gateway, which
+# routes by Host to a ksvc's revisions (Kourier's here; Istio's is knative-local-gateway).
+GATEWAY = {"name": "public", "namespace": "gateway-system"}
+KNATIVE_INTERNAL_GATEWAY_NAME = "kourier-internal"
+KNATIVE_INTERNAL_GATEWAY_NAMESPACE = "kourier-system"
+ISTIO_LOCAL_GATEWAY = "knative-local-gateway.istio-system.svc.cluster.local"
+ISTIO_GATEWAY = "knative-serving/knative-ingress-gateway"
+DATABASE = "media-db"
+POOLER = f"{DATABASE}-pooler-rw"
+DATABASE_SECRET = f"{DATABASE}-app"  # CloudNativePG writes the app user's credentials here
+SECRET = "media-secrets"  # noqa: S105 - its name; the operator creates it (README, Deploying)
+CONFIG = "media-config"
+VOLUME_CLAIM = "media-cas"
+
+# Measured by `make bench` on 2026-12-01 (bench/results/rehearsal.json; a 2-core machine, wrk on
+# the same cores): what each plan below is derived from.
+UPLOAD_CPU_SECONDS_PER_GIB = 4.2  # multipart, 1 GiB files (presigned PUT: 3.7)
+DOWNLOAD_CPU_SECONDS_PER_GIB = 0.19  # whole files, sendfile (0.13 for 1 GiB)
+DOWNLOAD_RPS_PER_PROCESS = 1078  # metadata GET at c=8, one process, no ingress: 0.93 CPU-ms each
+RANGE_RPS_PER_PROCESS = 971  # 64 KiB range at c=8: 1.04 CPU-ms each
+PROCESS_RSS_MIB = 63  # peak RSS of every function process during the 1 GiB transfers
+COLD_START_SECONDS = 0.35  # process start to the first ready answer
+# The slowest client uplink an upload of MEDIA_MAX_UPLOAD_BYTES must get through: 1 Mbit/s.
+SLOWEST_UPLINK_BYTES_PER_SECOND = 125_000
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # MEDIA_MAX_UPLOAD_BYTES (the default)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one function is run and scaled, and why (the comment above its Knative Service)."""
+
+    function: str
+    threads: int  # MEDIA_THREADS = containerConcurrency
+    pool: int  # MEDIA_DB_POOL_MAX
+    min_scale: int
+    max_scale: int
+    target: int  # autoscaling.knative.dev/target: the soft concurrency per pod
+    timeout_seconds: int
+    response_start_timeout_seconds: int
+    cpu: tuple[str, str]  # request, limit
+    memory: tuple[str, str]
+    why: str
+    workers: int = 1  # MEDIA_WORKERS: one process per pod; Knative scales pods, not workers
+
+    @property
+    def name(self) -> str:
+        return f"{APP}-{self.function}"
+
+    @property
+    def host(self) -> str:
+        """The ksvc's cluster-local host, which Knative's internal gateway routes on."""
+        return f"{self.name}.{NAMESPACE}.svc.cluster.local"
+
+
+_UPLOAD_TIMEOUT = math.ceil(MAX_UPLOAD_BYTES / SLOWEST_UPLINK_BYTES_PER_SECOND / 300) * 300  # 900 s
+
+PLANS: dict[str, Plan] = {
+    plan.function: plan
+    for plan in (
+        Plan(
+            function="upload",
+            threads=8,
+            pool=4,
+            min_scale=1,
+            max_scale=30,
+            target=6,
+            timeout_seconds=_UPLOAD_TIMEOUT,
+            response_start_timeout_seconds=_UPLOAD_TIMEOUT,
+            cpu=("1000m", "2000m"),
+            memory=("256Mi", "512Mi"),
+            why=(
+                f"An upload costs {UPLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (hashing, type"
+                " detection, the copy to the volume): one fast client takes a whole core (about"
+                f" {round(1024 / UPLOAD_CPU_SECONDS_PER_GIB)} MiB/s), a phone at 2 MB/s about 1 % of"
+                " one. containerConcurrency 8 (low) keeps 8 fast uploads from sharing less than a"
+                " quarter of a core each, while slow ones cost little; target 6 (75 %) scales out"
+                " before a pod is full. timeoutSeconds and responseStartTimeoutSeconds: the answer"
+                f" starts only after the body, and {MAX_UPLOAD_BYTES // 2**20} MiB at 1 Mbit/s takes"
+                f" about {MAX_UPLOAD_BYTES // SLOWEST_UPLINK_BYTES_PER_SECOND} s: {_UPLOAD_TIMEOUT} s"
+                " (raise the cluster's max-revision-timeout-seconds to it). Memory: each process"
+                f" peaked at {PROCESS_RSS_MIB} MiB RSS through 1 GiB uploads (streamed in 1 MiB"
+                " blocks). The pool: each thread needs a connection only to check its rate limits"
+                " and to commit, briefly. max-scale 30: README's capacity model (50 uploads/s of 4 MiB"
+                " from 10 Mbit/s clients keep about 170 in flight)."
+            ),
+        ),
+        Plan(
+            function="download",
+            threads=32,
+            pool=8,
+            min_scale=1,
+            max_scale=40,
+            target=24,
+            timeout_seconds=_UPLOAD_TIMEOUT,
+            response_start_timeout_seconds=30,
+            cpu=("1000m", "2000m"),
+            memory=("256Mi", "512Mi"),
+            why=(
+                f"One process answers about {DOWNLOAD_RPS_PER_PROCESS} metadata GETs/s and"
+                f" {RANGE_RPS_PER_PROCESS} 64 KiB ranges/s with one core (about 1 CPU-ms each; the"
+                " GIL keeps a process near one core), and streams whole files for"
+                f" {DOWNLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (sendfile). A request holds a"
+                " thread for as long as the client reads, so concurrency is high (32) for slow"
+                " readers, and target 24 (75 %). min-scale 1: the hot path never waits for a cold"
+                " start. A thread holds a database connection only for the record lookup, so 8"
+                " connections serve 32 threads. timeoutSeconds: the largest file to a slow reader."
+                " max-scale 40: README's capacity model (2,000 downloads/s of 500 KiB to 10 Mbit/s"
+                " clients keep about 800 in flight)."
+            ),
+        ),
+        Plan(
+            function="presign",
+            threads=8,
+            pool=2,
+            min_scale=0,
+            max_scale=5,
+            target=6,
+            timeout_seconds=30,
+            response_start_timeout_seconds=10,
+            cpu=("250m", "1000m"),
+            memory=("128Mi", "256Mi"),
+            why=(
+                "A presign is a token check, a rate-limit update and one INSERT: about 1 CPU-ms, like"
+                f" the metadata GET. Scale to zero is allowed (cold start {COLD_START_SECONDS} s for"
+                " the process, plus the pod's)."
+            ),
+        ),
+        Plan(
+            function="health",
+            threads=4,
+            pool=2,
+            min_scale=0,
+            max_scale=2,
+            target=3,
+            timeout_seconds=10,
+            response_start_timeout_seconds=10,
+            cpu=("100m", "500m"),
+            memory=("128Mi", "256Mi"),
+            why=(
+                "The public /health routes: one database ping and one write to the volume each."
+                " Every function also answers its own probes on its own port; this one only serves"
+                " what the ingress routes here, so it may scale to zero."
+            ),
+        ),
+    )
+}
+
+
+def labels(component: str, stage: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": APP,
+        "app.kubernetes.io/part-of": APP,
+        "app.kubernetes.io/component": component,
+        STAGE_LABEL: stage,
+    }
+
+
+def metadata(name: str, component: str, stage: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(component, stage)}
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+# What the Secret holds (README, Deploying). MEDIA_DATABASE_URL names the pooler and carries no
+# password: PGPASSWORD comes from CloudNativePG's own Secret, which it rotates.
+SECRET_KEYS = {
+    "MEDIA_DATABASE_URL": f"postgresql://{APP}@{POOLER}.{NAMESPACE}.svc:5432/{APP}?sslmode=require",
+    "MEDIA_PRESIGN_SECRET": "(openssl rand -hex 32)",
+    "MEDIA_JWKS_URL": "https://id.example.com/realms/recipes/protocol/openid-connect/certs",
+    "MEDIA_JWT_ISSUER": "https://id.example.com/realms/recipes",
+    "MEDIA_JWT_AUDIENCE": "media",
+}
+
+# OpenFaaS mounts no volumes: there the CAS must live in object storage (the S3-compatible
+# backend is its own issue). What that backend will read; nothing reads them yet.
+S3_VARIABLES = {
+    "MEDIA_STORAGE_BACKEND": "s3",
+    "MEDIA_S3_BUCKET": "recipes-media",
+    "MEDIA_S3_ENDPOINT_URL": "https://s3.example.com",
+    "MEDIA_S3_REGION": "eu-west-1",
+}
+
+CONFIG_VALUES = {
+    "MEDIA_DATA_DIR": CAS_MOUNT,
+    "MEDIA_PUBLIC_BASE_URL": f"https://{PUBLIC_HOST}",
+    "MEDIA_AUTH_MODE": "offline",
+    "MEDIA_JWT_ALGORITHMS": "RS256,ES256,EdDSA",
+    "MEDIA_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+    "MEDIA_DB_POOLING": "transaction",
+    "MEDIA_DB_TIMEOUT_SECONDS": "2",
+    "MEDIA_TRUSTED_PROXY_HOPS": "1",
+    "MEDIA_BODY_IDLE_TIMEOUT_SECONDS": "60",
+    "MEDIA_LOG_LEVEL": "INFO",
+    "MEDIA_AUDIT_LOG": "on",
+    "MEDIA_METRICS_HTTP": "on",
+    "MEDIA_METRICS_BUSINESS": "on",
+    "MEDIA_METRICS_SYSTEM": "on",
+}
+
+
+def config_map() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(CONFIG, "config", "database"),
+        "data": dict(CONFIG_VALUES),
+    }
+
+
+def cas_volume() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(VOLUME_CLAIM, "storage", "database"),
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "rwx",  # overlays: an RWX class (NFS, CephFS, EFS, Filestore...)
+            "resources": {"requests": {"storage": "100Gi"}},
+        },
+    }
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+# Server connections: the pooler's instances × default_pool_size, under max_connections (README).
+POOLER_INSTANCES = 2
+POOLER_SERVER_CONNECTIONS = 20  # default_pool_size, per pooler instance
+MAX_CONNECTIONS = 100
+
+
+def database() -> list[dict[str, Any]]:
+    cluster = {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": metadata(DATABASE, "database", "database"),
+        "spec": {
+            "instances": 3,
+            "postgresql": {"parameters": {"max_connections": str(MAX_CONNECTIONS)}},
+            "bootstrap": {"initdb": {"database": APP, "owner": APP}},
+            "storage": {"size": "20Gi"},
+        },
+    }
+    pooler = {
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Pooler",
+        "metadata": metadata(POOLER, "database", "database"),
+        "spec": {
+            "cluster": {"name": DATABASE},
+            "instances": POOLER_INSTANCES,
+            "type": "rw",
+            "pgbouncer": {
+                "poolMode": "transaction",
+                "parameters": {
+                    "max_client_conn": str(client_connection_budget()),
+                    "default_pool_size": str(POOLER_SERVER_CONNECTIONS),
+                },
+            },
+        },
+    }
+    return [cluster, pooler]
+
+
+def client_connection_budget() -> int:
+    """Every pod at max-scale, twice (old and new revision during a rollout), per pooler instance
+    (either instance may get them all), rounded up to a hundred."""
+    clients = sum(p.max_scale * p.workers * p.pool for p in PLANS.values())
+    return math.ceil(2 * clients / 100) * 100
+
+
+def migration_job() -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(f"{APP}-migrate", "migration", "migration"),
+        "spec": {
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": 600,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": labels("migration", "migration")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": _pod_security(),
+                    "containers": [
+                        {
+                            "name": "migrate",
+                            "image": f"{IMAGE_PREFIX}upload",
+                            "command": ["python", "-m", "common.migrate"],
+                            "env": [
+                                # PostgreSQL itself (the -rw service), not the pooler: the
+                                # migration lock is a session's.
+                                {
+                                    "name": "MEDIA_DATABASE_URL",
+                                    "valueFrom": {"secretKeyRef": {"name": DATABASE_SECRET, "key": "uri"}},
+                                },
+                            ],
+                            "envFrom": [{"configMapRef": {"name": CONFIG}}],
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "128Mi"},
+                                "limits": {"cpu": "500m", "memory": "256Mi"},
+                            },
+                            "securityContext": _container_security(),
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+# --- the functions ---------------------------------------------------------------------------
+
+PROBES = {route.operation_id: route.path for route in routing.routes() if route.probe}
+
+
+def knative_service(plan: Plan) -> dict[str, Any]:
+    component = plan.function
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": plan.name,
+            "namespace": NAMESPACE,
+            # Reached through the HTTPRoutes only: no public hostname of its own.
+            "labels": {**labels(component, "service"), "networking.knative.dev/visibility": "cluster-local"},
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": labels(component, "service"),
+                    "annotations": {
+                        "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
+                        "autoscaling.knative.dev/metric": "concurrency",
+                        "autoscaling.knative.dev/target": str(plan.target),
+                        "autoscaling.knative.dev/min-scale": str(plan.min_scale),
+                        "autoscaling.knative.dev/max-scale": str(plan.max_scale),
+                    },
+                },
+                "spec": {
+                    "containerConcurrency": plan.threads * plan.workers,
+                    "timeoutSeconds": plan.timeout_seconds,
+                    "responseStartTimeoutSeconds": plan.response_start_timeout_seconds,
+                    "securityContext": _pod_security(),
+                    "containers": [
+                        {
+                            "name": component,
+                            "image": f"{IMAGE_PREFIX}{plan.function}",
+                            "ports": [{"name": "http1", "containerPort": PORT}],
+                            "env": [
+                                {"name": "MEDIA_THREADS", "value": str(plan.threads)},
+                                {"name": "MEDIA_WORKERS", "value": str(plan.workers)},
+                                {"name": "MEDIA_DB_POOL_MAX", "value": str(plan.pool)},
+                                {
+                                    "name": "PGPASSWORD",  # libpq reads it; CloudNativePG rotates it
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": DATABASE_SECRET, "key": "password"}
+                                    },
+                                },
+                            ],
+                            "envFrom": [
+                                {"configMapRef": {"name": CONFIG}},
+                                {"secretRef": {"name": SECRET}},
+                            ],
+                            "resources": {
+                                "requests": {"cpu": plan.cpu[0], "memory": plan.memory[0]},
+                                "limits": {"cpu": plan.cpu[1], "memory": plan.memory[1]},
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": PROBES["ready"]},
+                                "periodSeconds": 5,
+                                "timeoutSeconds": 3,
+                                "failureThreshold": 2,
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": PROBES["live"]},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 2,
+                                "failureThreshold": 3,
+                            },
+                            "securityContext": _container_security(),
+                            "volumeMounts": [
+                                {"name": "cas", "mountPath": CAS_MOUNT},
+                                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the emptyDir
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "cas",
+                            "persistentVolumeClaim": {"claimName": VOLUME_CLAIM, "readOnly": False},
+                        },
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                    ],
+                },
+            }
+        },
+    }
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    method: str
+    path: str  # the template
+    exact: bool  # no parameters: an exact path, else the anchored regex of routing.path_regex
+
+    @property
+    def value(self) -> str:
+        return self.path if self.exact else routing.path_regex(self.path)
+
+
+def matches_of(function: str) -> list[Match]:
+    """Every (method, path) of the routing table this function serves; GET routes answer HEAD too."""
+    explicit = {(route.method, route.path) for route in routing.routes()}
+    found: list[Match] = []
+    for route in routing.routes():
+        if route.function != function:
+            continue
+        methods = [route.method]
+        if route.method == "GET" and ("HEAD", route.path) not in explicit:
+            methods.append("HEAD")
+        for method in methods:
+            found.append(Match(method, route.path, "{" not in route.path))
+    return found
+
+
+def route_timeout(plan: Plan) -> str:
+    return f"{plan.timeout_seconds}s"
+
+
+def http_route(plan: Plan) -> dict[str, Any]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": metadata(plan.name, plan.function, "service"),
+        "spec": {
+            "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", **GATEWAY}],
+            "hostnames": [PUBLIC_HOST],
+            "rules": [
+                {
+                    "matches": [
+                        {
+                            "path": {"type": "Exact" if m.exact else "RegularExpression", "value": m.value},
+                            "method": m.method,
+                        }
+                        for m in matches_of(plan.function)
+                    ],
+                    # Knative's internal gateway picks the ksvc by Host. (The ksvc's own Service
+                    # is an ExternalName, which common gateways refuse as a backend.)
+                    "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": plan.host}}],
+                    "backendRefs": [
+                        {
+                            "group": "",
+                            "kind": "Service",
+                            "name": KNATIVE_INTERNAL_GATEWAY_NAME,
+                            "namespace": KNATIVE_INTERNAL_GATEWAY_NAMESPACE,
+                            "port": 80,
+                        }
+                    ],
+                    "timeouts": {"request": route_timeout(plan), "backendRequest": route_timeout(plan)},
+                }
+            ],
+        },
+    }
+
+
+def reference_grant() -> dict[str, Any]:
+    """Lets the HTTPRoutes in NAMESPACE point at Knative's internal gateway in its namespace."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": metadata(f"{APP}-routes", "routing", "service", KNATIVE_INTERNAL_GATEWAY_NAMESPACE),
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": NAMESPACE}],
+            "to": [{"group": "", "kind": "Service", "name": KNATIVE_INTERNAL_GATEWAY_NAME}],
+        },
+    }
+
+
+def virtual_service() -> dict[str, Any]:
+    """The routing table as one Istio VirtualService, for clusters whose Knative runs on Istio."""
+    http: list[dict[str, Any]] = []
+    for plan in PLANS.values():
+        for m in matches_of(plan.function):
+            uri = {"exact": m.value} if m.exact else {"regex": m.value}
+            http.append(
+                {
+                    "name": f"{plan.function}-{m.method.lower()}-{_slug(m.path)}",
+                    "match": [{"uri": uri, "method": {"exact": m.method}}],
+                    "rewrite": {"authority": plan.host},
+                    "route": [{"destination": {"host": ISTIO_LOCAL_GATEWAY, "port": {"number": 80}}}],
+                    "timeout": route_timeout(plan),
+                }
+            )
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": metadata(APP, "routing", "service"),
+        "spec": {"hosts": [PUBLIC_HOST], "gateways": [ISTIO_GATEWAY], "http": http},
+    }
+
+
+def _slug(path: str) -> str:
+    return "-".join(p.strip("{}") for p in path.split("/") if p) or "root"
+
+
+def pod_monitor() -> dict[str, Any]:
+    """Prometheus scrapes /metrics on each pod's own port (Knative names it user-port), beside
+    queue-proxy: never through the ingress, which does not route it."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": metadata(APP, "monitoring", "service"),
+        "spec": {
+            "selector": {
+                "matchExpressions": [
+                    {"key": "app.kubernetes.io/part-of", "operator": "In", "values": [APP]},
+                    {"key": "app.kubernetes.io/component", "operator": "In", "values": sorted(PLANS)},
+                ]
+            },
+            "podMetricsEndpoints": [{"port": "user-port", "path": "/metrics", "interval": "30s"}],
+        },
+    }
+
+
+# --- overlays and OpenFaaS -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Overlay:
+    name: str
+    registry: str
+    tags: dict[str, str]  # function: image tag; bump one to redeploy that function alone
+    storage_class: str
+    scale: dict[str, tuple[int, int]]  # function: (min, max)
+    resources: dict[str, tuple[tuple[str, str], tuple[str, str]]]  # function: (cpu, memory)
+    database_instances: int
+    why: str
+
+
+OVERLAYS = (
+    Overlay(
+        name="dev",
+        registry="registry.dev.example.com/recipes",
+        tags=dict.fromkeys(PLANS, "dev"),
+        storage_class="nfs-client",
+        scale={name: (0, 2) for name in PLANS},
+        resources={name: (("100m", "1000m"), ("128Mi", "512Mi")) for name in PLANS},
+        database_instances=1,
+        why="One small cluster: everything may scale to zero, at most two pods each, one database.",
+    ),
+    Overlay(
+        name="prod",
+        registry="registry.example.com/recipes",
+        tags=dict.fromkeys(PLANS, "1.0.0"),
+        storage_class="cephfs",
+        scale={name: (p.min_scale, p.max_scale) for name, p in PLANS.items()},
+        resources={name: (p.cpu, p.memory) for name, p in PLANS.items()},
+        database_instances=3,
+        why="The plans of infra/manifests.py as they are; pin the image tag of each release.",
+    ),
+)
+
+
+def kustomization_base() -> dict[str, Any]:
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [name for name, _ in BASE_FILES],
+    }
+
+
+def kustomization_overlay(overlay: Overlay) -> dict[str, Any]:
+    patches: list[dict[str, Any]] = []
+    for name, plan in PLANS.items():
+        low, high = overlay.scale[name]
+        cpu, memory = overlay.resources[name]
+        ops = [
+            _replace("/spec/template/metadata/annotations/autoscaling.knative.dev~1min-scale", str(low)),
+            _replace("/spec/template/metadata/annotations/autoscaling.knative.dev~1max-scale", str(high)),
+            _replace(
+                "/spec/template/spec/containers/0/resources",
+                {
+                    "requests": {"cpu": cpu[0], "memory": memory[0]},
+                    "limits": {"cpu": cpu[1], "memory": memory[1]},
+                },
+            ),
+        ]
+        patches.append(
+            {
+                "target": {
+                    "group": "serving.knative.dev",
+                    "version": "v1",
+                    "kind": "Service",
+                    "name": plan.name,
+                },
+                "patch": yaml.safe_dump(ops, sort_keys=False),
+            }
+        )
+    patches.append(
+        {
+            "target": {"version": "v1", "kind": "PersistentVolumeClaim", "name": VOLUME_CLAIM},
+            "patch": yaml.safe_dump([_replace("/spec/storageClassName", overlay.storage_class)]),
+        }
+    )
+    patches.append(
+        {
+            "target": {"group": "postgresql.cnpg.io", "version": "v1", "kind": "Cluster", "name": DATABASE},
+            "patch": yaml.safe_dump([_replace("/spec/instances", overlay.database_instances)]),
+        }
+    )
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../../base"],
+        "images": [
+            {
+                "name": f"{IMAGE_PREFIX}{name}",
+                "newName": f"{overlay.registry}/{IMAGE_PREFIX}{name}",
+                "newTag": overlay.tags[name],
+            }
+            for name in PLANS
+        ],
+        "patches": patches,
+    }
+
+
+def _replace(path: str, value: Any) -> dict[str, Any]:
+    return {"op": "replace", "path": path, "value": value}
+
+
+def istio_component() -> dict[str, Any]:
+    gone = [
+        {"target": {"group": "gateway.networking.k8s.io", "kind": kind}, "patch": _delete(kind, api)}
+        for kind, api in (("HTTPRoute", "v1"), ("ReferenceGrant", "v1beta1"))
+    ]
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "resources": ["virtualservice.yaml"],
+        "patches": gone,
+    }
+
+
+def _delete(kind: str, api: str) -> str:
+    return yaml.safe_dump(
+        {
+            "$patch": "delete",
+            "apiVersion": f"gateway.networking.k8s.io/{api}",
+            "kind": kind,
+            "metadata": {"name": "any"},
+        },
+        sort_keys=False,
+    )
+
+
+def openfaas_stack() -> dict[str, Any]:
+    functions: dict[str, Any] = {}
+    for name, plan in PLANS.items():
+        functions[plan.name] = {
+            "lang": "dockerfile",
+            "handler": ".",
+            "image": f"registry.example.com/recipes/{IMAGE_PREFIX}{name}:1.0.0",
+            "build_args": {"FUNCTION": name},
+            "environment": {
+                **{k: v for k, v in CONFIG_VALUES.items() if k != "MEDIA_DATA_DIR"},
+                "MEDIA_THREADS": str(plan.threads),
+                "MEDIA_WORKERS": str(plan.workers),
+                "MEDIA_DB_POOL_MAX": str(plan.pool),
+                **S3_VARIABLES,
+            },
+            "secrets": ["media-secrets"],
+            "readonly_root_filesystem": True,
+            "labels": {
+                "com.openfaas.scale.min": str(plan.min_scale or 1),
+                "com.openfaas.scale.max": str(plan.max_scale),
+                "com.openfaas.scale.type": "capacity",
+                "com.openfaas.scale.target": str(plan.target),
+                "com.openfaas.scale.target-proportion": "0.75",
+                "com.openfaas.scale.zero": "true" if plan.min_scale == 0 else "false",
+            },
+            "annotations": {"com.openfaas.health.http.path": PROBES["ready"]},
+            "requests": {"cpu": plan.cpu[0], "memory": plan.memory[0]},
+            "limits": {"cpu": plan.cpu[1], "memory": plan.memory[1]},
+        }
+    return {
+        "version": 1.0,
+        "provider": {"name": "openfaas", "gateway": "http://127.0.0.1:8080"},
+        "configuration": {"templates": [{"name": "dockerfile"}]},
+        "functions": functions,
+    }
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (kustomize patches) as literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+HEADER = "# GENERATED by infra/manifests.py from common/openapi.yaml: do not edit, run `make manifests`.\n"
+
+
+def _dump(docs: Iterable[dict[str, Any]], comments: Iterable[str] = ()) -> str:
+    parts = []
+    for doc, comment in zip(docs, [*comments] + [""] * 100, strict=False):
+        text = "".join(f"# {line}\n" if line else "#\n" for line in _wrap(comment)) if comment else ""
+        parts.append(text + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=110))
+    return HEADER + "---\n".join(parts)
+
+
+def _wrap(text: str, width: int = 98) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines
+
+
+BASE_FILES: list[tuple[str, Any]] = [
+    ("config.yaml", lambda: _dump([config_map()])),
+    ("storage.yaml", lambda: _dump([cas_volume()])),
+    ("database.yaml", lambda: _dump(database(), _database_comments())),
+    (
+        "migrate.yaml",
+        lambda: _dump([migration_job()], ["Must complete before the functions roll out (README)."]),
+    ),
+    (
+        "functions.yaml",
+        lambda: _dump(
+            [knative_service(p) for p in PLANS.values()], [f"{p.name}: {p.why}" for p in PLANS.values()]
+        ),
+    ),
+    ("routes.yaml", lambda: _dump([*(http_route(p) for p in PLANS.values()), reference_grant()])),
+    ("monitoring.yaml", lambda: _dump([pod_monitor()])),
+]
+
+
+def _database_comments() -> list[str]:
+    clients = sum(p.max_scale * p.workers * p.pool for p in PLANS.values())
+    return [
+        f"max_connections {MAX_CONNECTIONS}: the pooler's {POOLER_INSTANCES} instances hold at most"
+        f" {POOLER_INSTANCES * POOLER_SERVER_CONNECTIONS} server connections, the rest is headroom"
+        " for replication, the migration and people.",
+        f"Every function pod at max-scale holds at most {clients} client connections"
+        f" (sum of max-scale x MEDIA_DB_POOL_MAX); twice that during a rollout, rounded up:"
+        f" max_client_conn {client_connection_budget()}. Transaction mode: MEDIA_DB_POOLING=transaction.",
+    ]
+
+
+def generated() -> dict[Path, str]:
+    """Every generated file, by path under infra/, with its content."""
+    files: dict[Path, str] = {}
+    for name, render in BASE_FILES:
+        files[Path("k8s/base") / name] = render()
+    files[Path("k8s/base/kustomization.yaml")] = _dump([kustomization_base()])
+    files[Path("k8s/components/istio/kustomization.yaml")] = _dump(
+        [istio_component()],
+        ["Istio instead of a Gateway API implementation: the VirtualService, no HTTPRoutes."],
+    )
+    files[Path("k8s/components/istio/virtualservice.yaml")] = _dump([virtual_service()])
+    for overlay in OVERLAYS:
+        files[Path(f"k8s/overlays/{overlay.name}/kustomization.yaml")] = _dump(
+            [kustomization_overlay(overlay)], [overlay.why]
+        )
+    files[Path("k8s/overlays/prod-istio/kustomization.yaml")] = _dump(
+        [
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../prod"],
+                "components": ["../../components/istio"],
+            }
+        ],
+        ["prod on a cluster whose Knative runs on Istio: one VirtualService instead of the HTTPRoutes."],
+    )
+    files[Path("openfaas/stack.yml")] = _dump(
+        [openfaas_stack()],
+        [
+            "OpenFaaS: the same functions, one image each (infra/Dockerfile). OpenFaaS cannot mount"
+            " volumes, so there the CAS must live in object storage: the MEDIA_S3_* variables are"
+            " what that backend (its own issue) will read; until it lands, deploy on Knative."
+        ],
+    )
+    return files
+
+
+def stale(root: Path = ROOT) -> list[Path]:
+    """The generated files that differ from what is on disk (or are missing)."""
+    return [
+        path
+        for path, text in generated().items()
+        if not (root / path).is_file() or (root / path).read_text() != text
+    ]
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    changed = stale()
+    if check:
+        for path in changed:
+            print(f"stale: infra/{path} (run `make manifests`)", file=sys.stderr)
+        return 1 if changed else 0
+    for path, text in generated().items():
+        target = ROOT / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    print(f"wrote {len(generated())} files under infra/ ({len(changed)} changed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
