@@ -52,6 +52,10 @@ test-embedded: install ## unit and integration tests with the Docker engine hidd
 up: install test-deps ## production rehearsal: each function its own process, nginx as the ingress (Ctrl-C stops)
 	$(PY) -m localdev.rehearsal
 
+redeploy: install ## in a running `make up`, redeploy one function (FUNCTION=download): new ready, switch, drain old
+	@test -n "$(FUNCTION)" || { echo "usage: make redeploy FUNCTION=upload|download|health|presign" >&2; exit 2; }
+	$(PY) -m localdev.rehearsal redeploy $(FUNCTION)
+
 unit: install ## unit tests only
 	$(PY) -m pytest tests/unit $(T)
 
@@ -78,4 +82,4 @@ bench: install test-deps ## the rehearsal vs nginx: transfers, ranges, metadata 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test-deps test test-embedded up unit images manifests bench clean
+.PHONY: help install run migrate token lint fmt test-deps test test-embedded up redeploy unit images manifests bench clean

@@ -4,16 +4,26 @@ Each function runs as its own process (`common.server`: gunicorn around function
 its own loopback port, two of them for `upload` (as two Knative replicas sharing one CAS volume and
 one database), and nginx is the ingress on one port, its routes generated from the routing table.
 The end-to-end fault drills and `make bench` use `Rehearsal` directly.
+
+`Rehearsal.redeploy(NAME)` replaces one function's processes the way a Knative revision rollout
+does: the new processes start and are ready first, nginx is reloaded to route to them, the old ones
+are drained (no connection left from the ingress) and only then stopped. A running `make up`
+takes the command on a Unix socket (`<data dir>/rehearsal/control.sock`):
+`make redeploy FUNCTION=download`, or `python -m localdev.rehearsal redeploy download`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +126,21 @@ class Nginx:
             time.sleep(0.05)
         return self
 
+    def reload(self, upstreams: dict[str, list[int]], cas_root: Path, timeout: float = 10) -> None:
+        """New configuration, gracefully (`nginx -s reload`): new workers route with it; the old
+        ones finish the requests they have, then exit. Returns once a new worker runs."""
+        assert self.proc is not None
+        conf = self.prefix / "nginx.conf"
+        peer = nginx.peer_server(self.prefix, self.peer_port, cas_root)
+        conf.write_text(nginx.ingress_config(self.prefix, self.port, upstreams, peer))
+        before = set(children(self.proc.pid))
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not set(children(self.proc.pid)) - before:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not reload: {(self.prefix / 'error.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)  # graceful
@@ -168,9 +193,38 @@ class Rehearsal:
         for name, count in self.scale.items():
             own = {**env, "MEDIA_THREADS": str(THREADS.get(name, 4))}
             self.processes[name] = [FunctionProcess(name, own, logs).start() for _ in range(count)]
-        upstreams = {name: [p.port for p in procs] for name, procs in self.processes.items()}
-        self.nginx.start(upstreams, self.cas_root)
+        self.nginx.start(self.upstreams(), self.cas_root)
         return self
+
+    def upstreams(self) -> dict[str, list[int]]:
+        return {name: [p.port for p in procs] for name, procs in self.processes.items()}
+
+    def redeploy(
+        self, name: str, drain_timeout: float = 900, say: Callable[[str], None] = lambda line: None
+    ) -> list[FunctionProcess]:
+        """One function's processes replaced, as a Knative revision rollout replaces its pods:
+        start the new ones and wait until they are ready, switch nginx to them, wait until the
+        old ones have no connection left from the ingress (a large upload may take minutes;
+        `drain_timeout` bounds it), then stop them. The other functions are not touched."""
+        assert self.nginx is not None
+        if name not in self.processes:
+            raise ValueError(f"no function {name!r} (functions: {', '.join(sorted(self.processes))})")
+        old = self.processes[name]
+        new = [FunctionProcess(name, dict(p.env), p.log_dir).start() for p in old]
+        say(f"{name}: new processes ready on ports {[p.port for p in new]}")
+        self.processes[name] = new
+        self.nginx.reload(self.upstreams(), self.cas_root)
+        say(f"{name}: nginx routes to the new processes")
+        ports = [p.port for p in old]
+        deadline = time.monotonic() + drain_timeout
+        while (busy := established(ports)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if busy:
+            say(f"{name}: still {busy} connection(s) after {drain_timeout:.0f} s; stopping anyway")
+        for p in old:
+            p.stop()
+        say(f"{name}: old processes on ports {ports} drained and stopped")
+        return new
 
     def stop(self) -> None:
         if self.nginx is not None:
@@ -193,8 +247,96 @@ class Rehearsal:
         return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-def main() -> int:
-    """`make up`: the rehearsal with the embedded PostgreSQL (or MEDIA_DATABASE_URL) until Ctrl-C."""
+def established(ports: list[int]) -> int:
+    """TCP connections established to these loopback ports (the server side), from /proc."""
+    wanted = {f"{port:04X}" for port in ports}
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and fields[1].rsplit(":", 1)[1] in wanted:
+                    count += 1
+    return count
+
+
+def control_socket(data_dir: Path) -> Path:
+    return data_dir / "control.sock"
+
+
+def serve_control(rehearsal: Rehearsal, path: Path) -> socket.socket:
+    """Take `redeploy NAME` commands on a Unix socket, one at a time; answer progress lines and
+    then `ok` or `error: ...`. Closing the returned socket stops it."""
+    path.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    lock = threading.Lock()
+
+    def handle(conn: socket.socket) -> None:
+        with conn, conn.makefile("rw", encoding="utf-8") as stream:
+            conn.settimeout(10)
+            words = stream.readline().split()
+
+            def say(line: str) -> None:
+                print(line, flush=True)  # in make up's terminal too
+                stream.write(line + "\n")
+                stream.flush()
+
+            if len(words) != 2 or words[0] != "redeploy":
+                say("error: the command is `redeploy FUNCTION`")
+                return
+            conn.settimeout(None)
+            try:
+                with lock:
+                    rehearsal.redeploy(words[1], say=say)
+            except (ValueError, RuntimeError) as exc:
+                say(f"error: {exc}")
+                return
+            say("ok")
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed: make up is stopping
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, name="rehearsal-control", daemon=True).start()
+    return server
+
+
+def redeploy_command(name: str, timeout: float = 1000) -> int:
+    """`make redeploy FUNCTION=name`: ask the running `make up` to redeploy one function."""
+    data_dir = Config.from_env(os.environ).data_dir / "rehearsal"
+    path = control_socket(data_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            print(f"no running `make up` answers on {path}", file=sys.stderr)
+            return 2
+        with sock.makefile("rw", encoding="utf-8") as stream:
+            stream.write(f"redeploy {name}\n")
+            stream.flush()
+            last = ""
+            for line in stream:
+                last = line.strip()
+                print(last, flush=True)
+    return 0 if last == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`make up`: the rehearsal with the embedded PostgreSQL (or MEDIA_DATABASE_URL) until Ctrl-C;
+    `redeploy NAME`: ask the running one to redeploy a function."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["redeploy"]:
+        if len(args) != 2:
+            print("usage: python -m localdev.rehearsal redeploy FUNCTION", file=sys.stderr)
+            return 2
+        return redeploy_command(args[1])
     from localdev.__main__ import prepare
 
     config, server, _ = prepare()
@@ -208,8 +350,10 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    control = None
     try:
         rehearsal.start()
+        control = serve_control(rehearsal, control_socket(rehearsal.data_dir))
         print(f"ingress (nginx) on {rehearsal.base}")
         for name, procs in rehearsal.processes.items():
             for p in procs:
@@ -217,10 +361,13 @@ def main() -> int:
                     f"  {name:<9} {p.base}  pid {p.proc.pid if p.proc else '?'}"
                     f"  cold start {p.cold_start_seconds or 0:.2f} s"
                 )
-        print("Ctrl-C stops everything.", flush=True)
+        print("`make redeploy FUNCTION=name` redeploys one function; Ctrl-C stops everything.", flush=True)
         while not stop:
             time.sleep(0.5)
     finally:
+        if control is not None:
+            control.close()
+            control_socket(rehearsal.data_dir).unlink(missing_ok=True)
         rehearsal.stop()
         if server is not None:
             server.cleanup()
