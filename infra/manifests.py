@@ -1,5 +1,5 @@
 """Every deployment manifest, generated from the routing table (`common/openapi.yaml`), the
-configuration (`common/config.py`) and the scaling plans below: `make manifests` writes them,
+configuration (`common/config.py`) and the scaling plans (`infra/plans.py`): `make manifests` writes them,
 and a test fails when a committed file differs from what this module writes. Never edit a
 generated file by hand: change this module or the routing table, then run `make manifests`.
 
@@ -16,7 +16,6 @@ What it writes (under infra/):
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,10 +25,21 @@ from typing import Any
 import yaml
 
 from common import routing
+from infra.plans import (
+    APP,
+    MAX_CONNECTIONS,
+    MAX_UPLOAD_BYTES,
+    NAMESPACE,
+    OVERLAYS,
+    PLANS,
+    POOLER_INSTANCES,
+    POOLER_SERVER_CONNECTIONS,
+    Overlay,
+    Plan,
+    client_connection_budget,
+)
 
 ROOT = Path(__file__).resolve().parent
-NAMESPACE = "media"
-APP = "media"
 STAGE_LABEL = "media.recipes/apply-stage"
 IMAGE_PREFIX = "media-"  # overlays map these names to a registry and a tag (kustomize `images`)
 CAS_MOUNT = "/data"  # MEDIA_DATA_DIR; the CAS is <MEDIA_DATA_DIR>/cas
@@ -48,142 +58,6 @@ DATABASE_SECRET = f"{DATABASE}-app"  # CloudNativePG writes the app user's crede
 SECRET = "media-secrets"  # noqa: S105 - its name; the operator creates it (README, Deploying)
 CONFIG = "media-config"
 VOLUME_CLAIM = "media-cas"
-
-# Measured by `make bench` on 2026-12-01 (bench/results/rehearsal.json; a 2-core machine, wrk on
-# the same cores): what each plan below is derived from.
-UPLOAD_CPU_SECONDS_PER_GIB = 4.2  # multipart, 1 GiB files (presigned PUT: 3.7)
-DOWNLOAD_CPU_SECONDS_PER_GIB = 0.19  # whole files, sendfile (0.13 for 1 GiB)
-DOWNLOAD_RPS_PER_PROCESS = 1078  # metadata GET at c=8, one process, no ingress: 0.93 CPU-ms each
-RANGE_RPS_PER_PROCESS = 971  # 64 KiB range at c=8: 1.04 CPU-ms each
-PROCESS_RSS_MIB = 63  # peak RSS of every function process during the 1 GiB transfers
-COLD_START_SECONDS = 0.35  # process start to the first ready answer
-# The slowest client uplink an upload of MEDIA_MAX_UPLOAD_BYTES must get through: 1 Mbit/s.
-SLOWEST_UPLINK_BYTES_PER_SECOND = 125_000
-MAX_UPLOAD_BYTES = 100 * 1024 * 1024  # MEDIA_MAX_UPLOAD_BYTES (the default)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one function is run and scaled, and why (the comment above its Knative Service)."""
-
-    function: str
-    threads: int  # MEDIA_THREADS = containerConcurrency
-    pool: int  # MEDIA_DB_POOL_MAX
-    min_scale: int
-    max_scale: int
-    target: int  # autoscaling.knative.dev/target: the soft concurrency per pod
-    timeout_seconds: int
-    response_start_timeout_seconds: int
-    cpu: tuple[str, str]  # request, limit
-    memory: tuple[str, str]
-    why: str
-    workers: int = 1  # MEDIA_WORKERS: one process per pod; Knative scales pods, not workers
-
-    @property
-    def name(self) -> str:
-        return f"{APP}-{self.function}"
-
-    @property
-    def host(self) -> str:
-        """The ksvc's cluster-local host, which Knative's internal gateway routes on."""
-        return f"{self.name}.{NAMESPACE}.svc.cluster.local"
-
-
-_UPLOAD_TIMEOUT = math.ceil(MAX_UPLOAD_BYTES / SLOWEST_UPLINK_BYTES_PER_SECOND / 300) * 300  # 900 s
-
-PLANS: dict[str, Plan] = {
-    plan.function: plan
-    for plan in (
-        Plan(
-            function="upload",
-            threads=8,
-            pool=4,
-            min_scale=1,
-            max_scale=30,
-            target=6,
-            timeout_seconds=_UPLOAD_TIMEOUT,
-            response_start_timeout_seconds=_UPLOAD_TIMEOUT,
-            cpu=("1000m", "2000m"),
-            memory=("256Mi", "512Mi"),
-            why=(
-                f"An upload costs {UPLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (hashing, type"
-                " detection, the copy to the volume): one fast client takes a whole core (about"
-                f" {round(1024 / UPLOAD_CPU_SECONDS_PER_GIB)} MiB/s), a phone at 2 MB/s about 1 % of"
-                " one. containerConcurrency 8 (low) keeps 8 fast uploads from sharing less than a"
-                " quarter of a core each, while slow ones cost little; target 6 (75 %) scales out"
-                " before a pod is full. timeoutSeconds and responseStartTimeoutSeconds: the answer"
-                f" starts only after the body, and {MAX_UPLOAD_BYTES // 2**20} MiB at 1 Mbit/s takes"
-                f" about {MAX_UPLOAD_BYTES // SLOWEST_UPLINK_BYTES_PER_SECOND} s: {_UPLOAD_TIMEOUT} s"
-                " (raise the cluster's max-revision-timeout-seconds to it). Memory: each process"
-                f" peaked at {PROCESS_RSS_MIB} MiB RSS through 1 GiB uploads (streamed in 1 MiB"
-                " blocks). The pool: each thread needs a connection only to check its rate limits"
-                " and to commit, briefly. max-scale 30: README's capacity model (50 uploads/s of 4 MiB"
-                " from 10 Mbit/s clients keep about 170 in flight)."
-            ),
-        ),
-        Plan(
-            function="download",
-            threads=32,
-            pool=8,
-            min_scale=1,
-            max_scale=40,
-            target=24,
-            timeout_seconds=_UPLOAD_TIMEOUT,
-            response_start_timeout_seconds=30,
-            cpu=("1000m", "2000m"),
-            memory=("256Mi", "512Mi"),
-            why=(
-                f"One process answers about {DOWNLOAD_RPS_PER_PROCESS} metadata GETs/s and"
-                f" {RANGE_RPS_PER_PROCESS} 64 KiB ranges/s with one core (about 1 CPU-ms each; the"
-                " GIL keeps a process near one core), and streams whole files for"
-                f" {DOWNLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (sendfile). A request holds a"
-                " thread for as long as the client reads, so concurrency is high (32) for slow"
-                " readers, and target 24 (75 %); more threads stretch the tail of short requests under"
-                " the GIL (p99 at 16 clients: 18 ms with 2 threads, 29 ms with 8, in the rehearsal),"
-                " which costs less than slow readers blocking a pod. min-scale 1: the hot path never"
-                " waits for a cold"
-                " start. A thread holds a database connection only for the record lookup, so 8"
-                " connections serve 32 threads. timeoutSeconds: the largest file to a slow reader."
-                " max-scale 40: README's capacity model (2,000 downloads/s of 500 KiB to 10 Mbit/s"
-                " clients keep about 800 in flight)."
-            ),
-        ),
-        Plan(
-            function="presign",
-            threads=8,
-            pool=2,
-            min_scale=0,
-            max_scale=5,
-            target=6,
-            timeout_seconds=30,
-            response_start_timeout_seconds=10,
-            cpu=("250m", "1000m"),
-            memory=("128Mi", "256Mi"),
-            why=(
-                "A presign is a token check, a rate-limit update and one INSERT: about 1 CPU-ms, like"
-                f" the metadata GET. Scale to zero is allowed (cold start {COLD_START_SECONDS} s for"
-                " the process, plus the pod's)."
-            ),
-        ),
-        Plan(
-            function="health",
-            threads=4,
-            pool=2,
-            min_scale=0,
-            max_scale=2,
-            target=3,
-            timeout_seconds=10,
-            response_start_timeout_seconds=10,
-            cpu=("100m", "500m"),
-            memory=("128Mi", "256Mi"),
-            why=(
-                "The public /health routes: one database ping and one write to the volume each."
-                " Every function also answers its own probes on its own port; this one only serves"
-                " what the ingress routes here, so it may scale to zero."
-            ),
-        ),
-    )
-}
 
 
 def labels(component: str, stage: str) -> dict[str, str]:
@@ -262,11 +136,6 @@ def cas_volume() -> dict[str, Any]:
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 
-# Server connections: the pooler's instances × default_pool_size, under max_connections (README).
-POOLER_INSTANCES = 2
-POOLER_SERVER_CONNECTIONS = 20  # default_pool_size, per pooler instance
-MAX_CONNECTIONS = 100
-
 
 def database() -> list[dict[str, Any]]:
     cluster = {
@@ -298,13 +167,6 @@ def database() -> list[dict[str, Any]]:
         },
     }
     return [cluster, pooler]
-
-
-def client_connection_budget() -> int:
-    """Every pod at max-scale, twice (old and new revision during a rollout), per pooler instance
-    (either instance may get them all), rounded up to a hundred."""
-    clients = sum(p.max_scale * p.workers * p.pool for p in PLANS.values())
-    return math.ceil(2 * clients / 100) * 100
 
 
 def migration_job() -> dict[str, Any]:
@@ -585,42 +447,6 @@ def pod_monitor() -> dict[str, Any]:
 
 
 # --- overlays and OpenFaaS -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Overlay:
-    name: str
-    registry: str
-    tags: dict[str, str]  # function: image tag; bump one to redeploy that function alone
-    storage_class: str
-    scale: dict[str, tuple[int, int]]  # function: (min, max)
-    resources: dict[str, tuple[tuple[str, str], tuple[str, str]]]  # function: (cpu, memory)
-    database_instances: int
-    why: str
-
-
-OVERLAYS = (
-    Overlay(
-        name="dev",
-        registry="registry.dev.example.com/recipes",
-        tags=dict.fromkeys(PLANS, "dev"),
-        storage_class="nfs-client",
-        scale={name: (0, 2) for name in PLANS},
-        resources={name: (("100m", "1000m"), ("128Mi", "512Mi")) for name in PLANS},
-        database_instances=1,
-        why="One small cluster: everything may scale to zero, at most two pods each, one database.",
-    ),
-    Overlay(
-        name="prod",
-        registry="registry.example.com/recipes",
-        tags=dict.fromkeys(PLANS, "1.0.0"),
-        storage_class="cephfs",
-        scale={name: (p.min_scale, p.max_scale) for name, p in PLANS.items()},
-        resources={name: (p.cpu, p.memory) for name, p in PLANS.items()},
-        database_instances=3,
-        why="The plans of infra/manifests.py as they are; pin the image tag of each release.",
-    ),
-)
 
 
 def kustomization_base() -> dict[str, Any]:

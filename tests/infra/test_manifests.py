@@ -22,7 +22,7 @@ import yaml
 
 from common import routing
 from common.config import VARIABLES, Config
-from infra import manifests
+from infra import manifests, plans
 from tests.infra.gateway_api import check_http_route, check_reference_grant, duration_seconds
 from tests.support import ROOT, function_names
 
@@ -173,14 +173,14 @@ def test_every_rendered_object_validates(overlay: str) -> None:
 
 def test_the_round_trip_catches_a_misspelt_field() -> None:
     """What the typed models alone would let through (they ignore unknown fields)."""
-    doc = manifests.knative_service(manifests.PLANS["upload"])
+    doc = manifests.knative_service(plans.PLANS["upload"])
     doc["spec"]["template"]["spec"]["containerConcurency"] = 8
     with pytest.raises(AssertionError, match="fields the model does not know"):
         _knative(doc)
-    route = manifests.http_route(manifests.PLANS["upload"])
+    route = manifests.http_route(plans.PLANS["upload"])
     route["spec"]["rules"][0]["filters"][0]["urlRewrite"]["hostName"] = "x"
     assert any("unknown field" in p for p in check_http_route(route))
-    route = manifests.http_route(manifests.PLANS["upload"])
+    route = manifests.http_route(plans.PLANS["upload"])
     route["spec"]["rules"][0]["timeouts"]["request"] = "15 minutes"
     assert any("does not match" in p for p in check_http_route(route))
 
@@ -260,9 +260,7 @@ def test_every_operation_reaches_its_function_and_nothing_else_is_routed(overlay
 
 
 def test_only_the_routing_table_is_in_the_routes() -> None:
-    table = {
-        (m.method, m.path) for plan in manifests.PLANS.values() for m in manifests.matches_of(plan.function)
-    }
+    table = {(m.method, m.path) for plan in plans.PLANS.values() for m in manifests.matches_of(plan.function)}
     expected = {(r.method, r.path) for r in routing.routes()}
     expected |= {("HEAD", r.path) for r in routing.routes() if r.method == "GET"}
     assert table == expected
@@ -287,7 +285,7 @@ def _env(ksvc: dict[str, Any]) -> dict[str, str]:
 def test_each_knative_service_runs_the_function_it_is_named_after(overlay: str) -> None:
     ksvcs = _ksvcs(overlay)
     assert sorted(k["metadata"]["name"] for k in ksvcs) == [f"media-{f}" for f in function_names()]
-    assert sorted(manifests.PLANS) == function_names() == sorted(routing.functions())
+    assert sorted(plans.PLANS) == function_names() == sorted(routing.functions())
     for ksvc in ksvcs:
         function = ksvc["metadata"]["name"].removeprefix("media-")
         container = _container(ksvc)
@@ -329,16 +327,18 @@ def test_concurrency_probes_resources_and_security(overlay: str) -> None:
         )
 
 
+def _mib(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
 def test_the_scaling_plans_follow_the_issue() -> None:
-    plans = manifests.PLANS
-    assert plans["upload"].threads < plans["download"].threads  # upload low, download high
-    assert (
-        plans["upload"].timeout_seconds
-        >= manifests.MAX_UPLOAD_BYTES / manifests.SLOWEST_UPLINK_BYTES_PER_SECOND
-    )
-    assert plans["upload"].memory[1] >= plans["download"].memory[1]
-    assert plans["presign"].min_scale == plans["health"].min_scale == 0
-    assert plans["download"].min_scale >= 1 and plans["upload"].min_scale >= 1
+    plan = plans.PLANS
+    assert plan["upload"].threads < plan["download"].threads  # upload low, download high
+    assert plan["upload"].timeout_seconds >= plans.MAX_UPLOAD_BYTES / plans.SLOWEST_UPLINK_BYTES_PER_SECOND
+    assert _mib(plan["upload"].memory[1]) >= _mib(plan["download"].memory[1])  # "more memory"
+    assert plan["presign"].min_scale == plan["health"].min_scale == 0
+    assert plan["download"].min_scale >= 1 and plan["upload"].min_scale >= 1
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -354,8 +354,8 @@ def test_route_timeouts_cover_the_longest_request(overlay: str) -> None:
         for http in service["spec"]["http"]:
             name = http["rewrite"]["authority"].split(".")[0]
             assert duration_seconds(http["timeout"]) >= timeouts[name]
-    upload = duration_seconds(manifests.route_timeout(manifests.PLANS["upload"]))
-    assert upload >= manifests.MAX_UPLOAD_BYTES / manifests.SLOWEST_UPLINK_BYTES_PER_SECOND
+    upload = duration_seconds(manifests.route_timeout(plans.PLANS["upload"]))
+    assert upload >= plans.MAX_UPLOAD_BYTES / plans.SLOWEST_UPLINK_BYTES_PER_SECOND
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -432,9 +432,9 @@ def test_every_variable_the_code_reads_is_set_or_has_a_default(overlay: str) -> 
 
 
 def test_the_connection_budget_fits() -> None:
-    clients = sum(p.max_scale * p.workers * p.pool for p in manifests.PLANS.values())
-    assert 2 * clients <= manifests.client_connection_budget()
-    assert manifests.POOLER_INSTANCES * manifests.POOLER_SERVER_CONNECTIONS < manifests.MAX_CONNECTIONS - 10
+    clients = sum(p.max_scale * p.workers * p.pool for p in plans.PLANS.values())
+    assert 2 * clients <= plans.client_connection_budget()
+    assert plans.POOLER_INSTANCES * plans.POOLER_SERVER_CONNECTIONS < plans.MAX_CONNECTIONS - 10
 
 
 def test_the_pod_monitor_scrapes_every_function_on_its_own_port() -> None:
@@ -450,7 +450,7 @@ def test_the_openfaas_stack_carries_the_same_functions() -> None:
     assert sorted(stack["functions"]) == [f"media-{f}" for f in function_names()]
     known = {v.name for v in VARIABLES} | set(manifests.S3_VARIABLES)
     for name, fn in stack["functions"].items():
-        plan = manifests.PLANS[name.removeprefix("media-")]
+        plan = plans.PLANS[name.removeprefix("media-")]
         assert fn["build_args"] == {"FUNCTION": plan.function}
         assert fn["labels"]["com.openfaas.scale.max"] == str(plan.max_scale)
         assert {"com.openfaas.scale.min", "com.openfaas.scale.target"} <= set(fn["labels"])
