@@ -677,6 +677,8 @@ def generated() -> dict[Path, str]:
             "OpenFaaS: the same functions, one image each (infra/Dockerfile). OpenFaaS cannot mount"
             " volumes, so there the CAS must live in object storage: the MEDIA_S3_* variables are"
             " what that backend (its own issue) will read; until it lands, deploy on Knative."
+            " OpenFaaS also mounts secrets as files (/var/openfaas/secrets/media-secrets), not"
+            " variables: reading them from files is still to be built, with that backend."
         ],
     )
     return files
