@@ -88,9 +88,10 @@ SECRET_KEYS = {
 # OpenFaaS mounts no volumes: there the CAS must live in object storage (the S3-compatible
 # backend is its own issue). What that backend will read; nothing reads them yet.
 S3_VARIABLES = {
-    "MEDIA_STORAGE_BACKEND": "s3",
+    "MEDIA_STORAGE": "s3",
     "MEDIA_S3_BUCKET": "recipes-media",
     "MEDIA_S3_ENDPOINT_URL": "https://s3.example.com",
+    "MEDIA_S3_PREFIX": "",
     "MEDIA_S3_REGION": "eu-west-1",
 }
 
