@@ -1,4 +1,4 @@
-"""Content-addressable storage on a mounted volume.
+"""Content-addressable storage on a mounted volume (the S3-compatible twin is `s3store.py`).
 
 Layout: `<root>/sha256/ab/cd/<64 hex>` for blobs, `<root>/tmp/` for uploads in flight (on the same
 filesystem, so the final move is a rename). Paths are built from the digest alone, never from
@@ -87,7 +87,8 @@ class BlobStore(Protocol):
     def commit(self, writer: BlobWriter) -> bool:
         """Give the bytes their address; True when the address already held them (dedup)."""
 
-    def open(self, sha256: str) -> BinaryIO: ...
+    def open(self, sha256: str, start: int = 0, length: int | None = None) -> BinaryIO:
+        """The bytes from `start` on (`length` of them, or to the end); BlobMissing if none."""
 
     def exists(self, sha256: str) -> bool: ...
 
@@ -99,6 +100,11 @@ class BlobStore(Protocol):
     def sweep_temp(self, max_age_seconds: float) -> int: ...
 
     def check_writable(self) -> None: ...
+
+    def download_url(
+        self, sha256: str, content_type: str, disposition: str, cache_control: str
+    ) -> str | None:
+        """A URL the client may fetch the bytes from directly, or None (the function streams them)."""
 
 
 class _Hashing:
@@ -252,11 +258,13 @@ class LocalBlobStore:
             _fsync_dir(d.parent)
         return False
 
-    def open(self, sha256: str) -> BinaryIO:
+    def open(self, sha256: str, start: int = 0, length: int | None = None) -> BinaryIO:
         try:
-            return open(self.path_for(sha256), "rb")
+            file = open(self.path_for(sha256), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
             raise BlobMissing(sha256) from None
+        file.seek(start)  # the response sends `length` from here (sendfile under gunicorn)
+        return file
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists()
@@ -313,6 +321,11 @@ class LocalBlobStore:
             return 1
         finally:
             os.close(fd)
+
+    def download_url(
+        self, sha256: str, content_type: str, disposition: str, cache_control: str
+    ) -> str | None:
+        return None
 
     def check_writable(self) -> None:
         probe = self.tmp / f"ready-{uuid.uuid4().hex}.probe"
@@ -403,11 +416,12 @@ class InMemoryBlobStore:
             self.stored_at[staged.sha256] = time.time()
             return False
 
-    def open(self, sha256: str) -> BinaryIO:
+    def open(self, sha256: str, start: int = 0, length: int | None = None) -> BinaryIO:
         try:
-            return io.BytesIO(self.blobs[check_digest(sha256)])
+            data = self.blobs[check_digest(sha256)]
         except KeyError:
             raise BlobMissing(sha256) from None
+        return io.BytesIO(data[start : None if length is None else start + length])
 
     def exists(self, sha256: str) -> bool:
         return check_digest(sha256) in self.blobs
@@ -430,4 +444,9 @@ class InMemoryBlobStore:
         return 0
 
     def check_writable(self) -> None:
+        return None
+
+    def download_url(
+        self, sha256: str, content_type: str, disposition: str, cache_control: str
+    ) -> str | None:
         return None

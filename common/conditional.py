@@ -9,6 +9,7 @@ whole body rather than 416; `bytes=0-` is a 206 like any other single range.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -63,6 +64,9 @@ class Content:
     file: BinaryIO | None
     content_type: str
     filename: str
+    # Where the client may fetch the bytes itself instead (an object store's presigned GET, given
+    # the Content-Type, Content-Disposition and Cache-Control it must answer with), or None.
+    redirect: Callable[[str, str, str], str | None] | None = None
 
 
 def parse_etags(value: str) -> list[tuple[bool, str]] | None:

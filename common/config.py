@@ -7,6 +7,7 @@ through the services object.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,19 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MEDIA_PORT", "8080", "Port `make run` (the local router) listens on"),
     Variable("MEDIA_HOST", "127.0.0.1", "Address `make run` binds; set 0.0.0.0 inside a container"),
     Variable("MEDIA_DATA_DIR", "./var", "CAS root (`<dir>/cas`) and, locally, the embedded database"),
+    Variable("MEDIA_STORAGE", "fs", "Where blobs live: fs (the volume under MEDIA_DATA_DIR) or s3"),
+    Variable("MEDIA_S3_BUCKET", None, "The bucket (required with MEDIA_STORAGE=s3)"),
+    Variable("MEDIA_S3_ENDPOINT_URL", None, "An S3-compatible endpoint (MinIO, Ceph RGW, R2); unset: AWS"),
+    Variable("MEDIA_S3_PREFIX", None, "A key prefix inside the bucket (`media/`, say); unset: none"),
+    Variable("MEDIA_S3_REGION", None, "The bucket's region; unset: boto3's own (AWS_REGION, profile)"),
+    Variable(
+        "MEDIA_S3_DOWNLOAD",
+        "stream",
+        "stream: bytes through the function; redirect: a short-lived presigned GET (307)",
+    ),
+    Variable("MEDIA_S3_TIMEOUT_SECONDS", "5", "Connect and read timeout of each S3 call (two attempts)"),
+    Variable("MEDIA_S3_PART_BYTES", str(8 * MiB), "Multipart upload part size (at least 8 MiB)"),
+    Variable("MEDIA_S3_REDIRECT_TTL_SECONDS", "60", "Lifetime of a redirect's presigned GET URL"),
     Variable(
         "MEDIA_DATABASE_URL",
         None,
@@ -228,6 +242,24 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
+
+
+def _bucket(raw: str | None) -> str | None:
+    if raw is not None and not _BUCKET.match(raw):
+        raise ConfigError(f"MEDIA_S3_BUCKET is not a bucket name (3-63 of a-z 0-9 . -), got {raw!r}")
+    return raw
+
+
+def _key_prefix(raw: str | None) -> str:
+    """`media` or `/media/` -> `media/`; only characters S3 calls safe in a key."""
+    prefix = (raw or "").strip("/")
+    if not _KEY_PREFIX.match(prefix) or "//" in prefix:
+        raise ConfigError(f"MEDIA_S3_PREFIX may hold letters, digits and !_.*'()/- only, got {raw!r}")
+    return f"{prefix}/" if prefix else ""
+
+
 def _log_level(raw: str | None) -> str:
     level = (raw or "INFO").upper()
     if level not in LOG_LEVELS:
@@ -291,6 +323,15 @@ class Config:
     download_url_ttl_seconds: int
     pending_grace_seconds: int
     cors_origins: frozenset[str]
+    storage: str
+    s3_bucket: str | None
+    s3_endpoint_url: str | None
+    s3_prefix: str
+    s3_region: str | None
+    s3_download: str
+    s3_timeout_seconds: float
+    s3_part_bytes: int
+    s3_redirect_ttl_seconds: int
     db_pool_max: int
     db_pooling: str
     db_timeout_seconds: float
@@ -346,6 +387,15 @@ class Config:
             download_url_ttl_seconds=_int(env, "MEDIA_DOWNLOAD_URL_TTL_SECONDS", minimum=1),
             pending_grace_seconds=_int(env, "MEDIA_PENDING_GRACE_SECONDS"),
             cors_origins=_origins(_get(env, "MEDIA_CORS_ORIGINS")),
+            storage=_choice(env, "MEDIA_STORAGE", ("fs", "s3")),
+            s3_bucket=_bucket(_get(env, "MEDIA_S3_BUCKET")),
+            s3_endpoint_url=_url(env, "MEDIA_S3_ENDPOINT_URL"),
+            s3_prefix=_key_prefix(_get(env, "MEDIA_S3_PREFIX")),
+            s3_region=_get(env, "MEDIA_S3_REGION"),
+            s3_download=_choice(env, "MEDIA_S3_DOWNLOAD", ("stream", "redirect")),
+            s3_timeout_seconds=_float(env, "MEDIA_S3_TIMEOUT_SECONDS"),
+            s3_part_bytes=_int(env, "MEDIA_S3_PART_BYTES", minimum=8 * MiB),
+            s3_redirect_ttl_seconds=_int(env, "MEDIA_S3_REDIRECT_TTL_SECONDS", minimum=1),
             db_pool_max=_int(env, "MEDIA_DB_POOL_MAX", minimum=1),
             db_pooling=_choice(env, "MEDIA_DB_POOLING", ("session", "transaction")),
             db_timeout_seconds=_float(env, "MEDIA_DB_TIMEOUT_SECONDS"),
@@ -371,6 +421,11 @@ class Config:
         if not self.database_url:
             raise ConfigError("MEDIA_DATABASE_URL is not set (only `make run` starts an embedded PostgreSQL)")
         return self.database_url
+
+    def require_s3_bucket(self) -> str:
+        if not self.s3_bucket:
+            raise ConfigError("MEDIA_STORAGE=s3 needs MEDIA_S3_BUCKET")
+        return self.s3_bucket
 
     def require_presign_secret(self) -> str:
         if not self.presign_secret:

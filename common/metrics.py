@@ -83,6 +83,10 @@ STORAGE_FREE = Gauge(
     "media_storage_free_bytes", "Free bytes on the storage volume", multiprocess_mode="mostrecent"
 )
 TEMP_SWEPT = Counter("media_temp_files_swept_total", "Abandoned temp files removed")
+S3_REQUESTS = Counter("media_s3_requests_total", "Calls to the object store by operation", ["operation"])
+S3_ERRORS = Counter(
+    "media_s3_errors_total", "Object store calls that got no answer or a 5xx, by operation", ["operation"]
+)
 
 
 def observe_http(
@@ -113,6 +117,14 @@ def business(counter: Counter, amount: float = 1, *labels: str) -> None:
 def system(counter: Counter, amount: float = 1, *labels: str) -> None:
     if Switches.system:
         (counter.labels(*labels) if labels else counter).inc(amount)
+
+
+def s3_call(operation: str, failed: bool) -> None:
+    """One call to the object store (botocore's operation name: GetObject, PutObject...)."""
+    if Switches.system:
+        S3_REQUESTS.labels(operation).inc()
+        if failed:
+            S3_ERRORS.labels(operation).inc()
 
 
 def pool_state(open_: int, idle: int, waiting: int) -> None:

@@ -267,6 +267,10 @@ class DatabaseUnavailable(MediaError):
     """PostgreSQL did not answer within the configured timeout."""
 
 
+class StorageUnavailable(MediaError):
+    """The object store did not answer in time, or answered with a server error."""
+
+
 def to_problem(exc: BaseException) -> Problem:
     """Translate any exception to the problem the client sees (unknown ones become a bare 500)."""
     if isinstance(exc, Problem):
@@ -292,4 +296,6 @@ def to_problem(exc: BaseException) -> Problem:
         return BadRequest(f"The request holds a value that cannot be stored: {exc}")
     if isinstance(exc, DatabaseUnavailable):
         return ServiceUnavailable("The database is unavailable; retry shortly")
+    if isinstance(exc, StorageUnavailable):
+        return ServiceUnavailable("The object store is unavailable; retry shortly")
     return Problem()

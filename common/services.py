@@ -55,14 +55,33 @@ def check_configuration(config: Config) -> None:
         raise ConfigError(f"MEDIA_DATABASE_URL is not a PostgreSQL connection string ({problem})")
     config.check_auth()
     config.require_presign_secret()
+    if config.storage == "s3":
+        config.require_s3_bucket()
+        return
     try:
         config.cas_root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"MEDIA_DATA_DIR: cannot create {config.cas_root} ({exc.strerror})") from None
 
 
+def build_store(config: Config) -> BlobStore:
+    """The blob store MEDIA_STORAGE names: the volume, or an S3-compatible bucket."""
+    if config.storage == "s3":
+        from common.s3store import S3BlobStore, s3_client  # boto3 only where it is used
+
+        return S3BlobStore(
+            s3_client(config),
+            config.require_s3_bucket(),
+            config.s3_prefix,
+            part_bytes=config.s3_part_bytes,
+            timeout_seconds=config.s3_timeout_seconds,
+            redirect_ttl_seconds=config.s3_redirect_ttl_seconds,
+        )
+    return LocalBlobStore(config.cas_root)
+
+
 def build_services(config: Config, *, background: bool = True) -> Services:
-    store = LocalBlobStore(config.cas_root)
+    store = build_store(config)
     repo = PgMediaRepository(
         config.require_database_url(),
         max_size=config.db_pool_max,

@@ -222,8 +222,19 @@ def content_response(content: Content, request: Request) -> Response:
     note(request, sha256=rep.etag, size=decision.length)
     if decision.status == 304:
         return Response(status=304, headers=headers)
+    disposition = content_disposition(content.filename, content.content_type)
+    url = (
+        content.redirect(content.content_type, disposition, headers["Cache-Control"])
+        if content.redirect
+        else None
+    )
+    if url is not None:
+        # 307: the same request (Range included) again, at the object store, for a short while.
+        return Response(
+            status=307, headers={"Location": url, "Cache-Control": "no-store", "ETag": rep.etag_header}
+        )
     headers["Content-Type"] = content.content_type
-    headers["Content-Disposition"] = content_disposition(content.filename, content.content_type)
+    headers["Content-Disposition"] = disposition
     headers["Content-Length"] = str(decision.length)
     if decision.status == 206:
         headers["Content-Range"] = f"bytes {decision.start}-{decision.end}/{rep.size}"

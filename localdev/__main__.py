@@ -122,8 +122,9 @@ def serve(config: Config, dev_jwt: bool) -> None:
     from common.server import Server
     from localdev.router import Demo, build_router, load_functions
 
-    # Nothing else writes to this volume while we start, so every temp file is abandoned.
-    LocalBlobStore(config.cas_root).sweep_temp(0)
+    if config.storage == "fs":
+        # Nothing else writes to this volume while we start, so every temp file is abandoned.
+        LocalBlobStore(config.cas_root).sweep_temp(0)
     demo = Demo(token_secret=config.jwt_secret if dev_jwt else None)
     app = build_router(load_functions(), demo=demo)
     print(

@@ -47,14 +47,35 @@ def config_for(pg: support.RunningPostgres, tmp_path: Path) -> Callable[..., Con
     return make
 
 
-@pytest.fixture
-def services(config_for: Callable[..., Config]) -> Iterator[Services]:
-    """Real PostgreSQL, real CAS on tmp_path. Afterwards no temp file may be left behind."""
-    svc = build_services(config_for(MEDIA_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024)), background=False)
+@pytest.fixture(scope="session")
+def s3() -> Iterator[support.RunningS3]:
+    """moto's S3 server on loopback, for the whole session (a bucket per test)."""
+    with support.s3_server() as running:
+        yield running
+
+
+@pytest.fixture(params=["fs", "s3"])
+def services(request: pytest.FixtureRequest, config_for: Callable[..., Config]) -> Iterator[Services]:
+    """Real PostgreSQL and a real store: the volume on tmp_path, or a bucket on moto's S3 server
+    (every test that takes it runs on both). Afterwards no temp file or upload may be left behind."""
+    env = s3_env(request.getfixturevalue("s3")) if request.param == "s3" else {}
+    svc = build_services(config_for(MEDIA_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024), **env), background=False)
     yield svc
     svc.repo.close()
-    leftovers = list((svc.config.cas_root / "tmp").iterdir())
+    leftovers = support.temp_leftovers(svc.store)
     assert leftovers == [], f"temp files left behind: {leftovers}"
+
+
+def s3_env(s3: support.RunningS3) -> dict[str, str]:
+    """The configuration of a service on a new bucket of moto's server."""
+    return {
+        "MEDIA_STORAGE": "s3",
+        "MEDIA_S3_BUCKET": s3.new_bucket(),
+        "MEDIA_S3_ENDPOINT_URL": s3.endpoint,
+        "MEDIA_S3_REGION": "us-east-1",
+        "MEDIA_S3_PREFIX": "media",
+        "MEDIA_S3_TIMEOUT_SECONDS": "2",
+    }
 
 
 @pytest.fixture

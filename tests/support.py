@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import signal
@@ -271,3 +272,125 @@ def delete_racing_a_completion(services: Services, owner: Principal, data: bytes
     finally:
         services.repo.digest_scope = original  # type: ignore[method-assign]
     return digest[0]
+
+
+# --- S3: moto's standalone server, and looking inside either store ------------------------------------
+
+
+@dataclass
+class RunningS3:
+    """moto's S3 protocol server on loopback (`moto_server`), started by the tests."""
+
+    endpoint: str
+    proc: Any  # None for an outside server (MEDIA_TEST_S3_ENDPOINT)
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def new_bucket(self) -> str:
+        import uuid
+
+        name = f"media-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def freeze(self) -> None:
+        """The server stops answering without closing a connection (SIGSTOP)."""
+        if self.proc is None:
+            import pytest
+
+            pytest.skip("NOT TESTED: an outside S3 server (MEDIA_TEST_S3_ENDPOINT) cannot be frozen")
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@contextmanager
+def s3_server() -> Iterator[RunningS3]:
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    os.environ.update({k: os.environ.get(k, v) for k, v in S3_CREDENTIALS.items()})
+    outside = os.environ.get("MEDIA_TEST_S3_ENDPOINT")
+    if outside:  # MinIO, say: the same suite against another S3 implementation
+        yield RunningS3(outside.rstrip("/"), None)
+        return
+    port = free_port()
+    binary = Path(sys.executable).parent / "moto_server"
+    log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2):  # noqa: S310 - loopback
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    f"moto_server did not start: {Path(log.name).read_text()[-2000:]}"
+                ) from None
+            time.sleep(0.1)
+    try:
+        yield RunningS3(endpoint, proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        os.unlink(log.name)
+
+
+def stored_blobs(store: Any) -> list[str]:
+    """The digests a store holds (the volume's files, or the bucket's keys)."""
+    from common.cas import LocalBlobStore
+    from common.s3store import S3BlobStore
+
+    if isinstance(store, LocalBlobStore):
+        return sorted(p.name for p in store.blobs.rglob("*") if p.is_file())
+    assert isinstance(store, S3BlobStore)
+    listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix=f"{store.prefix}sha256/")
+    return sorted(item["Key"].rsplit("/", 1)[-1] for item in listed.get("Contents", []))
+
+
+def temp_leftovers(store: Any) -> list[str]:
+    """What uploads left behind: temp files, or temp objects and unfinished multipart uploads."""
+    from common.cas import LocalBlobStore
+    from common.s3store import S3BlobStore
+
+    if isinstance(store, LocalBlobStore):
+        return sorted(p.name for p in store.tmp.iterdir())
+    assert isinstance(store, S3BlobStore)
+    objects = store.client.list_objects_v2(Bucket=store.bucket, Prefix=store.temp_prefix).get("Contents", [])
+    uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.temp_prefix).get(
+        "Uploads", []
+    )
+    return sorted([o["Key"] for o in objects] + [f"(multipart) {u['Key']}" for u in uploads])
+
+
+def plant_temp(store: Any, label: str) -> None:
+    """What a process that died mid-upload leaves: a temp file, or a temp object and a multipart
+    upload with one part."""
+    from common.cas import LocalBlobStore
+    from common.s3store import S3BlobStore
+
+    if isinstance(store, LocalBlobStore):
+        (store.tmp / f"{label}--deadbeef.part").write_bytes(b"half an upload")
+        return
+    assert isinstance(store, S3BlobStore)
+    key = f"{store.temp_prefix}{label}--deadbeef"
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=b"half an upload")
+    upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=key + "-mp")
+    store.client.upload_part(
+        Bucket=store.bucket, Key=key + "-mp", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024
+    )

@@ -384,6 +384,10 @@ OPTIONAL = {
     "MEDIA_INTROSPECTION_CLIENT_SECRET": "introspection mode only",
     "MEDIA_PRESIGN_PREVIOUS_SECRET": "only while a presign key rotates",
     "MEDIA_CORS_ORIGINS": "no browser origin is allowed until set",
+    "MEDIA_S3_BUCKET": "MEDIA_STORAGE=s3 only (the base deploys MEDIA_STORAGE=fs on the volume)",
+    "MEDIA_S3_ENDPOINT_URL": "MEDIA_STORAGE=s3 only; unset is AWS",
+    "MEDIA_S3_PREFIX": "MEDIA_STORAGE=s3 only; unset is no prefix",
+    "MEDIA_S3_REGION": "MEDIA_STORAGE=s3 only; unset is boto3's own region chain",
 }
 PLATFORM = {
     "PORT": "Knative sets it",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from werkzeug.test import Client, TestResponse
 from common.services import Services
 from common.tokens import READ, WRITE
 from tests.factories import PUBLIC_BASE, bearer, elf, jpeg, multipart, pdf, png, token, upload_body
+from tests.support import stored_blobs, temp_leftovers
 
 
 def post_file(api: Client, tok: str | None, data: bytes, name: str = "photo.png") -> TestResponse:
@@ -22,8 +22,8 @@ def post_file(api: Client, tok: str | None, data: bytes, name: str = "photo.png"
     return api.post("/media", data=body, content_type=ctype, headers=headers)
 
 
-def blobs(services: Services) -> list[Path]:
-    return [p for p in (services.config.cas_root / "sha256").rglob("*") if p.is_file()]
+def blobs(services: Services) -> list[str]:
+    return stored_blobs(services.store)
 
 
 def assert_problem(resp: TestResponse, status: int) -> dict[str, Any]:
@@ -49,8 +49,8 @@ def test_upload_png_jpeg_pdf(api: Client, services: Services, make: Any, kind: s
     assert resp.headers["Location"] == doc["links"]["self"] == f"{PUBLIC_BASE}/media/{doc['id']}"
     assert doc["url"] == doc["links"]["content"]
     assert doc["url"].startswith(f"{PUBLIC_BASE}/media/{doc['id']}/content?expires=")
-    stored = services.config.cas_root / "sha256" / doc["sha256"][:2] / doc["sha256"][2:4] / doc["sha256"]
-    assert stored.read_bytes() == data
+    with services.store.open(doc["sha256"]) as stored:
+        assert stored.read() == data
     got = api.get(f"/media/{doc['id']}", headers=bearer(tok)).get_json()
     unsigned = {k: v for k, v in doc.items() if k not in ("url", "links")}
     assert {k: v for k, v in got.items() if k not in ("url", "links")} == unsigned
@@ -71,7 +71,7 @@ def test_a_record_whose_blob_is_missing_answers_a_named_problem_and_is_logged(
     tok = token()
     doc = post_file(api, tok, png()).get_json()
     (blob,) = blobs(services)
-    blob.unlink()  # what an operator's mistake or a damaged volume does
+    services.store.delete(blob)  # what an operator's mistake or a damaged volume does
     for method in ("GET", "HEAD"):
         resp = api.open(f"/media/{doc['id']}/content", method=method, headers=bearer(tok))
         assert resp.status_code == 500
@@ -97,7 +97,7 @@ def test_over_the_limit_is_413_and_leaves_nothing(api: Client, services: Service
     doc = assert_problem(post_file(api, token(), data), 413)
     assert doc["limit"] == limit
     assert blobs(services) == []
-    assert list((services.config.cas_root / "tmp").iterdir()) == []
+    assert temp_leftovers(services.store) == []
 
 
 def test_not_multipart_is_415_and_a_form_without_file_is_400(api: Client) -> None:

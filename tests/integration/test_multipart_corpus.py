@@ -7,6 +7,7 @@ from werkzeug.test import Client
 
 from common.services import Services
 from tests.factories import bearer, png, token
+from tests.support import stored_blobs, temp_leftovers
 
 B = "corpus-boundary"
 PNG = png()
@@ -77,8 +78,8 @@ def test_a_malformed_multipart_body_is_400_and_leaves_nothing(
     assert resp.status_code == 400, (case, resp.status_code, resp.get_data(as_text=True)[:300])
     assert resp.headers["Content-Type"] == "application/problem+json"
     assert resp.get_json()["status"] == 400 and resp.get_json()["detail"]
-    assert list((services.config.cas_root / "tmp").iterdir()) == []
-    assert [p for p in (services.config.cas_root / "sha256").rglob("*") if p.is_file()] == []
+    assert temp_leftovers(services.store) == []
+    assert stored_blobs(services.store) == []
     assert api.get("/media", headers=bearer(tok)).get_json()["items"] == []
 
 

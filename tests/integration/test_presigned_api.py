@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ from common.signing import UploadGrant, issue_upload_token, sign_download
 from common.tokens import READ, WRITE, Principal
 from tests import support
 from tests.factories import PUBLIC_BASE, bearer, elf, png, token, upload_body
+from tests.support import plant_temp, stored_blobs, temp_leftovers
 
 ORIGIN = "https://recipes.example"
 
@@ -58,8 +58,8 @@ def put(api: Client, url: str, data: bytes, content_type: str = "image/png") -> 
     return api.put(path_of(url), data=data, headers={"Content-Type": content_type})
 
 
-def blobs(services: Services) -> list[Path]:
-    return [p for p in (services.config.cas_root / "sha256").rglob("*") if p.is_file()]
+def blobs(services: Services) -> list[str]:
+    return stored_blobs(services.store)
 
 
 def test_the_whole_presigned_flow(api: Client, services: Services) -> None:
@@ -188,11 +188,11 @@ def test_cleanup_removes_stale_pending_records_and_their_temp_files(services: Se
     long_ago = datetime.now(UTC) - timedelta(seconds=services.config.pending_grace_seconds + 60)
     stale = services.repo.create_pending(NewPending(owner, "a.png", "image/png", 10, None, long_ago))
     fresh = services.repo.create_pending(NewPending(owner, "b.png", "image/png", 10, None, datetime.now(UTC)))
-    leftover = services.config.cas_root / "tmp" / f"{upload_label(stale.id)}--deadbeef.part"
-    leftover.write_bytes(b"half an upload")
+    plant_temp(services.store, upload_label(stale.id))
+    assert temp_leftovers(services.store) != []
     maintain(services.config, services.store, services.repo)
     assert services.repo.get(stale.id) is None
-    assert not leftover.exists()
+    assert temp_leftovers(services.store) == []
     assert services.repo.get(fresh.id) is not None
 
 

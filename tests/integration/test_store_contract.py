@@ -1,0 +1,210 @@
+"""The BlobStore contract, on both stores: the volume (a real filesystem on tmp_path) and an
+S3-compatible bucket (moto's S3 server on loopback). `media.py` relies on nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from common.cas import BlobStore, LocalBlobStore
+from common.config import Config
+from common.problems import BlobMissing, BlobTooLarge, StorageUnavailable
+from common.s3store import S3BlobStore, s3_client
+from tests.support import RunningS3, plant_temp, stored_blobs, temp_leftovers
+
+MiB = 1024 * 1024
+PART = 8 * MiB
+
+
+def s3_store(s3: RunningS3, bucket: str | None = None, timeout: float = 2) -> S3BlobStore:
+    config = Config.from_env(
+        {
+            "MEDIA_STORAGE": "s3",
+            "MEDIA_S3_BUCKET": bucket or s3.new_bucket(),
+            "MEDIA_S3_ENDPOINT_URL": s3.endpoint,
+            "MEDIA_S3_REGION": "us-east-1",
+            "MEDIA_S3_TIMEOUT_SECONDS": str(timeout),
+        }
+    )
+    assert config.s3_bucket is not None
+    return S3BlobStore(
+        s3_client(config), config.s3_bucket, "media/", part_bytes=PART, timeout_seconds=timeout
+    )
+
+
+@pytest.fixture(params=["fs", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    if request.param == "fs":
+        yield LocalBlobStore(tmp_path / "cas")
+    else:
+        yield s3_store(request.getfixturevalue("s3"))
+
+
+def blocks(total: int, block: int = MiB) -> Iterator[bytes]:
+    """`total` bytes that differ from one test to the next, in blocks."""
+    seed = os.urandom(16)
+    for i in range(0, total, block):
+        yield hashlib.sha256(seed + i.to_bytes(8, "big")).digest() * (min(block, total - i) // 32) + b"\0" * (
+            min(block, total - i) % 32
+        )
+
+
+def put(store: BlobStore, data: bytes | Iterator[bytes], max_bytes: int = 64 * MiB) -> tuple[str, bool]:
+    with store.writer(max_bytes) as writer:
+        for chunk in [data] if isinstance(data, bytes) else data:
+            writer.write(chunk)
+        staged = writer.finish()
+        return staged.sha256, store.commit(writer)
+
+
+def test_stored_bytes_read_back_whole_and_in_ranges(store: BlobStore) -> None:
+    data = os.urandom(300_000)
+    digest, dedup = put(store, data)
+    assert digest == hashlib.sha256(data).hexdigest() and not dedup
+    assert store.exists(digest)
+    with store.open(digest) as f:
+        assert f.read() == data
+    with store.open(digest, 1000, 5000) as f:
+        assert f.read(5000) == data[1000:6000]
+    with store.open(digest, len(data) - 10) as f:
+        assert f.read() == data[-10:]
+    assert stored_blobs(store) == [digest] and temp_leftovers(store) == []
+    store.delete(digest)
+    assert not store.exists(digest)
+    with pytest.raises(BlobMissing):
+        store.open(digest)
+    store.delete(digest)  # idempotent
+
+
+def test_the_same_bytes_twice_are_one_blob(store: BlobStore) -> None:
+    data = os.urandom(10_000)
+    first, dedup_first = put(store, data)
+    second, dedup_second = put(store, data)
+    assert first == second and (dedup_first, dedup_second) == (False, True)
+    assert stored_blobs(store) == [first] and temp_leftovers(store) == []
+
+
+def test_a_large_body_goes_in_parts_and_reads_back(store: BlobStore) -> None:
+    digest = hashlib.sha256()
+    chunks = list(blocks(3 * PART + 12345))
+    for chunk in chunks:
+        digest.update(chunk)
+    stored, _ = put(store, iter(chunks))
+    assert stored == digest.hexdigest()
+    read = hashlib.sha256()
+    with store.open(stored) as f:
+        while block := f.read(MiB):
+            read.update(block)
+    assert read.hexdigest() == stored
+    assert temp_leftovers(store) == []
+
+
+def test_over_the_limit_or_given_up_leaves_nothing(store: BlobStore) -> None:
+    with pytest.raises(BlobTooLarge), store.writer(PART + MiB) as writer:
+        for chunk in blocks(2 * PART):
+            writer.write(chunk)
+    with pytest.raises(RuntimeError), store.writer(64 * MiB) as writer:
+        for chunk in blocks(PART + MiB):  # a multipart upload has begun
+            writer.write(chunk)
+        raise RuntimeError("the client went away")
+    assert temp_leftovers(store) == [] and stored_blobs(store) == []
+
+
+def test_a_damaged_blob_is_replaced_by_a_new_upload(store: BlobStore) -> None:
+    data = os.urandom(50_000)
+    digest = hashlib.sha256(data).hexdigest()
+    if isinstance(store, LocalBlobStore):
+        store.path_for(digest).parent.mkdir(parents=True, exist_ok=True)
+        store.path_for(digest).write_bytes(data[:100])
+    else:
+        assert isinstance(store, S3BlobStore)
+        store.client.put_object(Bucket=store.bucket, Key=store.key_for(digest), Body=data[:100])
+    assert put(store, data) == (digest, False)
+    with store.open(digest) as f:
+        assert f.read() == data
+
+
+def test_the_sweep_takes_what_dead_writers_left_and_never_a_live_one(store: BlobStore) -> None:
+    plant_temp(store, "dead")
+    assert temp_leftovers(store) != []
+    assert store.sweep_temp(3600) == 0  # young: a slow client may still be sending
+    with store.writer(64 * MiB, label="live") as writer:
+        for chunk in blocks(PART + MiB):
+            writer.write(chunk)
+        swept = store.sweep_temp(0)
+        assert swept >= 1
+        assert [k for k in temp_leftovers(store) if "live" in k] != []
+        writer.finish()
+        assert store.commit(writer) is False
+    assert temp_leftovers(store) == []
+
+
+def test_a_pending_upload_s_temp_files_go_by_label(store: BlobStore) -> None:
+    plant_temp(store, "upload-abc")
+    plant_temp(store, "upload-other")
+    assert store.remove_temp("upload-abc") >= 1
+    left = temp_leftovers(store)
+    assert left and all("upload-other" in k for k in left)
+    store.sweep_temp(0)
+
+
+def test_blobs_older_than(store: BlobStore) -> None:
+    digest, _ = put(store, os.urandom(1000))
+    assert digest in set(store.blobs_older_than(0))
+    assert digest not in set(store.blobs_older_than(3600))
+
+
+def test_readiness_checks_the_store(store: BlobStore, s3: RunningS3) -> None:
+    store.check_writable()
+    if isinstance(store, S3BlobStore):
+        with pytest.raises(StorageUnavailable, match="bucket"):
+            s3_store(s3, bucket="no-such-bucket-here").check_writable()
+
+
+def test_a_silent_object_store_is_unavailable_fast_and_recovers(s3: RunningS3) -> None:
+    store = s3_store(s3, timeout=1)
+    digest, _ = put(store, os.urandom(1000))
+    s3.freeze()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            store.exists(digest)
+        first = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            store.open(digest)  # the breaker is open: refused at once
+        second = time.monotonic() - started
+    finally:
+        s3.thaw()
+    assert first < 6, f"{first:.1f} s for the first call (two attempts of 1 s, connect and read)"
+    assert second < 0.1, f"{second:.2f} s with the breaker open"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert store.exists(digest)
+            break
+        except StorageUnavailable:
+            assert time.monotonic() < deadline, "did not recover"
+            time.sleep(0.2)
+
+
+def test_concurrent_writers_do_not_mix(store: BlobStore) -> None:
+    results: dict[int, str] = {}
+    datas = {i: os.urandom(200_000) for i in range(6)}
+
+    def write(i: int) -> None:
+        results[i] = put(store, datas[i])[0]
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in datas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {i: hashlib.sha256(d).hexdigest() for i, d in datas.items()}
+    assert temp_leftovers(store) == []
