@@ -56,6 +56,11 @@ VARIABLES: tuple[Variable, ...] = (
         "stream: bytes through the function; redirect: a short-lived presigned GET (307)",
     ),
     Variable("MEDIA_S3_TIMEOUT_SECONDS", "5", "Connect and read timeout of each S3 call (two attempts)"),
+    Variable(
+        "MEDIA_S3_LONG_TIMEOUT_SECONDS",
+        "300",
+        "Read timeout of the calls whose time grows with the size (completing an upload, the copy)",
+    ),
     Variable("MEDIA_S3_PART_BYTES", str(8 * MiB), "Multipart upload part size (at least 8 MiB)"),
     Variable("MEDIA_S3_REDIRECT_TTL_SECONDS", "60", "Lifetime of a redirect's presigned GET URL"),
     Variable(
@@ -330,6 +335,7 @@ class Config:
     s3_region: str | None
     s3_download: str
     s3_timeout_seconds: float
+    s3_long_timeout_seconds: float
     s3_part_bytes: int
     s3_redirect_ttl_seconds: int
     db_pool_max: int
@@ -394,6 +400,7 @@ class Config:
             s3_region=_get(env, "MEDIA_S3_REGION"),
             s3_download=_choice(env, "MEDIA_S3_DOWNLOAD", ("stream", "redirect")),
             s3_timeout_seconds=_float(env, "MEDIA_S3_TIMEOUT_SECONDS"),
+            s3_long_timeout_seconds=_float(env, "MEDIA_S3_LONG_TIMEOUT_SECONDS"),
             s3_part_bytes=_int(env, "MEDIA_S3_PART_BYTES", minimum=8 * MiB),
             s3_redirect_ttl_seconds=_int(env, "MEDIA_S3_REDIRECT_TTL_SECONDS", minimum=1),
             db_pool_max=_int(env, "MEDIA_DB_POOL_MAX", minimum=1),

@@ -58,12 +58,13 @@ _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
 
 
-def s3_client(config: Config) -> S3Client:
+def s3_client(config: Config, read_timeout: float | None = None) -> S3Client:
     """A client with bounded waits; credentials the standard boto3 way (environment, profile,
-    web identity / IRSA, instance metadata), never only from our own variables."""
+    web identity / IRSA, instance metadata), never only from our own variables. `read_timeout`:
+    for the calls whose time grows with the object (MEDIA_S3_LONG_TIMEOUT_SECONDS)."""
     boto = BotoConfig(
         connect_timeout=config.s3_timeout_seconds,
-        read_timeout=config.s3_timeout_seconds,
+        read_timeout=read_timeout or config.s3_timeout_seconds,
         retries={"max_attempts": 2, "mode": "standard"},
         max_pool_connections=max(10, config.threads + 4),
         signature_version="s3v4",
@@ -103,8 +104,12 @@ class S3BlobStore:
         part_bytes: int = 8 * 1024 * 1024,
         timeout_seconds: float = 5.0,
         redirect_ttl_seconds: int = 60,
+        slow_client: S3Client | None = None,
     ) -> None:
         self.client = client
+        # CompleteMultipartUpload and CopyObject take time in proportion to the object (S3 may
+        # take minutes for gigabytes): the same client with a longer read timeout.
+        self.slow_client = slow_client or client
         self.bucket = bucket
         self.prefix = prefix
         self.part_bytes = part_bytes
@@ -139,6 +144,7 @@ class S3BlobStore:
             raise StorageUnavailable(f"the object store answered {code or 'an error'}") from exc
         except BotoCoreError as exc:  # no answer: connect/read timeout, refused, reset
             self._breaker.failed()
+            log.warning("the object store did not answer: %s", exc)
             raise StorageUnavailable(f"the object store did not answer: {exc}") from exc
         except BaseException:
             self._breaker.released()
@@ -188,9 +194,9 @@ class S3BlobStore:
             )
         source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": writer.key}
         if staged.size <= MAX_COPY_BYTES:
-            self.call(partial(self.client.copy_object, Bucket=self.bucket, Key=final, CopySource=source))
+            self.call(partial(self.slow_client.copy_object, Bucket=self.bucket, Key=final, CopySource=source))
         else:
-            self.call(partial(self.client.copy, source, self.bucket, final))
+            self.call(partial(self.slow_client.copy, source, self.bucket, final))
         writer.discard()
         return False
 
@@ -367,7 +373,7 @@ class S3BlobWriter(_Hashing):
                     self._send_part(bytes(self._buffer))
                 upload_id, parts = self._upload_id, list(self._parts)
                 s.call(
-                    lambda: s.client.complete_multipart_upload(
+                    lambda: s.slow_client.complete_multipart_upload(
                         Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                     )
                 )

@@ -76,6 +76,7 @@ def build_store(config: Config) -> BlobStore:
             part_bytes=config.s3_part_bytes,
             timeout_seconds=config.s3_timeout_seconds,
             redirect_ttl_seconds=config.s3_redirect_ttl_seconds,
+            slow_client=s3_client(config, read_timeout=config.s3_long_timeout_seconds),
         )
     return LocalBlobStore(config.cas_root)
 
