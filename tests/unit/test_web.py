@@ -137,3 +137,27 @@ def test_every_response_is_streamed_so_the_framework_never_reads_an_unasked_body
     )
     assert deleted.status_code == 204
     assert deleted.is_streamed
+
+
+def test_a_redirect_store_answers_307_after_the_preconditions() -> None:
+    from datetime import UTC, datetime
+
+    from common.conditional import Content, Decision, Representation
+    from common.web import content_response
+
+    rep = Representation(etag="ab" * 32, last_modified=datetime(2026, 1, 1, tzinfo=UTC), size=10)
+    asked: list[tuple[str, str, str]] = []
+
+    def redirect(content_type: str, disposition: str, cache_control: str) -> str:
+        asked.append((content_type, disposition, cache_control))
+        return "https://bucket.example/key?X-Amz-Signature=s"
+
+    request = Request(EnvironBuilder(path="/media/x/content").get_environ())
+    moved = content_response(Content(rep, Decision(206, 2, 4), None, "image/png", "a.png", redirect), request)
+    assert moved.status_code == 307 and moved.headers["Location"].startswith("https://bucket.example/")
+    assert moved.headers["Cache-Control"] == "no-store" and moved.get_data() == b""
+    assert asked == [
+        ("image/png", content_disposition("a.png", "image/png"), "private, max-age=31536000, immutable")
+    ]
+    cached = content_response(Content(rep, Decision(304), None, "image/png", "a.png", redirect), request)
+    assert cached.status_code == 304 and len(asked) == 1  # a 304 is ours, no URL made
