@@ -26,6 +26,9 @@ run: install ## serve all four functions on MEDIA_PORT (default 8080), embedded 
 migrate: install ## apply the SQL migrations (to MEDIA_DATABASE_URL, or the embedded database)
 	$(PY) -m localdev migrate
 
+migrate-store: install ## copy every referenced blob between the stores while serving (FROM=fs TO=s3; DRY_RUN=1 only compares)
+	$(PY) -m common.migrate_store --from $(FROM) --to $(TO) $(if $(DRY_RUN),--dry-run)
+
 token: install ## print a development bearer token (all scopes) for the running `make run`
 	@$(PY) -m localdev.token $(SUB)
 

@@ -78,6 +78,10 @@ class InMemoryMediaRepository:
         wanted = set(digests)
         return {r.sha256 for r in self.rows.values() if r.sha256 in wanted}
 
+    def digests_after(self, after: str, limit: int) -> list[str]:
+        self._check()
+        return sorted({r.sha256 for r in self.rows.values() if r.sha256 and r.sha256 > after})[:limit]
+
     def claim_task(self, task: str, every_seconds: float) -> bool:
         self._check()
         now = time.monotonic()

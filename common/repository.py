@@ -100,6 +100,9 @@ class MediaRepository(Protocol):
     def referenced(self, digests: Sequence[str]) -> set[str]:
         """Which of `digests` some record references."""
 
+    def digests_after(self, after: str, limit: int) -> list[str]:
+        """The referenced digests greater than `after` (`""` for the first), in order, `limit` of them."""
+
     def claim_task(self, task: str, every_seconds: float) -> bool:
         """True for one caller per `every_seconds` across all processes (maintenance rounds)."""
 
@@ -260,6 +263,13 @@ class PgMediaRepository:
                 "SELECT DISTINCT sha256 FROM media WHERE sha256 = ANY(%s)", (list(digests),)
             ).fetchall()
         return {str(r["sha256"]) for r in rows}
+
+    def digests_after(self, after: str, limit: int) -> list[str]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT sha256 FROM media WHERE sha256 > %s ORDER BY sha256 LIMIT %s", (after, limit)
+            ).fetchall()
+        return [str(r["sha256"]) for r in rows]
 
     def claim_task(self, task: str, every_seconds: float) -> bool:
         with self._conn() as conn:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from common import media
+from common.memory_repository import InMemoryMediaRepository
 from common.problems import DatabaseUnavailable
 from common.repository import ListQuery, MediaRecord, NewMedia, NewPending, PgMediaRepository
 from common.services import Services
@@ -157,3 +158,15 @@ def test_a_claim_is_exclusive_until_it_goes_stale(services: Services) -> None:
     assert services.repo.claim(pending.id, 0) is not None  # its process died long ago: taken over
     services.repo.release(pending.id)
     assert services.repo.claim(pending.id, 3600) is not None
+
+
+@pytest.mark.parametrize("kind", ["postgres", "memory"])
+def test_referenced_digests_are_walked_in_order_once_each(services: Services, kind: str) -> None:
+    repo = services.repo if kind == "postgres" else InMemoryMediaRepository()
+    prefix = uuid.uuid4().hex[:16]  # sorts this test's digests apart from any other in the database
+    digests = [prefix + c * 48 for c in "0123"]
+    for sha in [*digests, digests[1]]:  # two records share a digest: walked once
+        with repo.digest_scope(sha) as scope:
+            scope.insert(new(f"o-{uuid.uuid4()}", sha))
+    assert repo.digests_after(prefix, 3) == digests[:3]
+    assert repo.digests_after(digests[2], 1) == digests[3:]
