@@ -45,6 +45,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MEDIA_PORT", "8080", "Port `make run` (the local router) listens on"),
     Variable("MEDIA_HOST", "127.0.0.1", "Address `make run` binds; set 0.0.0.0 inside a container"),
     Variable("MEDIA_DATA_DIR", "./var", "CAS root (`<dir>/cas`) and, locally, the embedded database"),
+    Variable(
+        "MEDIA_SECRETS_DIR",
+        None,
+        "A directory of files named after variables (OpenFaaS's /var/openfaas/secrets); a variable"
+        " set in the environment wins",
+    ),
     Variable("MEDIA_STORAGE", "fs", "Where blobs live: fs (the volume under MEDIA_DATA_DIR) or s3"),
     Variable("MEDIA_S3_BUCKET", None, "The bucket (required with MEDIA_STORAGE=s3)"),
     Variable("MEDIA_S3_ENDPOINT_URL", None, "An S3-compatible endpoint (MinIO, Ceph RGW, R2); unset: AWS"),
@@ -184,6 +190,28 @@ VARIABLES: tuple[Variable, ...] = (
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """`env` with the variables `MEDIA_SECRETS_DIR` holds as files (one per variable, named after
+    it: how OpenFaaS and a Kubernetes Secret volume hand out secrets), where `env` does not set
+    them. Other files (a projected volume's `..data` links, keys of other programs) are ignored."""
+    folder = _get(env, "MEDIA_SECRETS_DIR")
+    if folder is None:
+        return env
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"MEDIA_SECRETS_DIR: {folder} is not a directory")
+    merged = dict(env)
+    for name in _DEFAULTS.keys() - {"MEDIA_SECRETS_DIR"}:
+        path = root / name
+        if (env.get(name) or "").strip() or not path.is_file():
+            continue
+        try:
+            merged[name] = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"MEDIA_SECRETS_DIR: cannot read {path} ({exc})") from None
+    return merged
 
 
 def _get(env: Mapping[str, str], name: str) -> str | None:
@@ -364,6 +392,7 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
+        env = with_secret_files(env)
         data_dir = Path(_get(env, "MEDIA_DATA_DIR") or "./var").expanduser().absolute()
         port = _int(env, "MEDIA_PORT", minimum=1)
         return cls(

@@ -77,3 +77,17 @@ def test_readme_documents_every_variable_with_its_default() -> None:
         documented = row.group(1).strip().strip("`")
         expected = var.default if var.default is not None else "(unset)"
         assert documented == expected, f"README says {documented!r} for {var.name}, code says {expected!r}"
+
+
+def test_variables_can_come_from_a_directory_of_secret_files(tmp_path: Path) -> None:
+    (tmp_path / "MEDIA_DATABASE_URL").write_text("postgresql://media@db/media\n")
+    (tmp_path / "MEDIA_PRESIGN_SECRET").write_text("from-the-file")
+    (tmp_path / "..data").mkdir()  # what a projected volume also holds: ignored
+    (tmp_path / "AWS_SECRET_ACCESS_KEY").write_text("not ours")
+    config = Config.from_env(
+        {"MEDIA_SECRETS_DIR": str(tmp_path), "MEDIA_PRESIGN_SECRET": "from-the-environment"}
+    )
+    assert config.database_url == "postgresql://media@db/media"
+    assert config.presign_secret == "from-the-environment"  # the environment wins
+    with pytest.raises(ConfigError, match="MEDIA_SECRETS_DIR"):
+        Config.from_env({"MEDIA_SECRETS_DIR": str(tmp_path / "absent")})
