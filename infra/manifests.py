@@ -11,6 +11,8 @@ What it writes (under infra/):
   service): README's apply order applies them stage by stage.
 - k8s/components/istio: the same routes as one Istio `VirtualService`, instead of the HTTPRoutes.
 - k8s/overlays/dev and prod: image names and tags, scale bounds, storage class, resources.
+- k8s/overlays/s3: prod with the CAS in a bucket (MEDIA_STORAGE=s3): no PVC, no volume mounted.
+- k8s/jobs/migrate-store: the Job that copies the volume's blobs into the bucket while serving.
 - openfaas/stack.yml: the same functions for OpenFaaS, with per-function scaling labels.
 """
 
@@ -85,15 +87,16 @@ SECRET_KEYS = {
     "MEDIA_JWT_AUDIENCE": "media",
 }
 
-# OpenFaaS mounts no volumes: there the CAS must live in object storage (the S3-compatible
-# backend is its own issue). What that backend will read; nothing reads them yet.
+# The bucket of the S3 overlay, the migration Job and OpenFaaS (which mounts no volumes): change
+# these for yours. Credentials are not here: the Secret's AWS_* keys, or the pods' web identity.
 S3_VARIABLES = {
     "MEDIA_STORAGE": "s3",
     "MEDIA_S3_BUCKET": "recipes-media",
     "MEDIA_S3_ENDPOINT_URL": "https://s3.example.com",
-    "MEDIA_S3_PREFIX": "",
+    "MEDIA_S3_PREFIX": "media",
     "MEDIA_S3_REGION": "eu-west-1",
 }
+OPENFAAS_SECRETS = "/var/openfaas/secrets"  # one file per key of media-secrets (MEDIA_SECRETS_DIR)
 
 CONFIG_VALUES = {
     "MEDIA_DATA_DIR": CAS_MOUNT,
@@ -513,6 +516,127 @@ def kustomization_overlay(overlay: Overlay) -> dict[str, Any]:
     }
 
 
+def kustomization_s3() -> dict[str, Any]:
+    """prod with the CAS in a bucket: the ConfigMap says so, and the volume goes from every pod."""
+    config_ops = [_remove("/data/MEDIA_DATA_DIR")] + [
+        {"op": "add", "path": f"/data/{name}", "value": value} for name, value in S3_VARIABLES.items()
+    ]
+    patches: list[dict[str, Any]] = [
+        {
+            "target": {"version": "v1", "kind": "ConfigMap", "name": CONFIG},
+            "patch": yaml.safe_dump(config_ops, sort_keys=False),
+        },
+        {
+            "target": {"version": "v1", "kind": "PersistentVolumeClaim", "name": VOLUME_CLAIM},
+            "patch": yaml.safe_dump(
+                {
+                    "$patch": "delete",
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": VOLUME_CLAIM},
+                },
+                sort_keys=False,
+            ),
+        },
+    ]
+    for plan in PLANS.values():
+        spec = knative_service(plan)["spec"]["template"]["spec"]
+        mount = [m["name"] for m in spec["containers"][0]["volumeMounts"]].index("cas")
+        volume = [v["name"] for v in spec["volumes"]].index("cas")
+        base = "/spec/template/spec"
+        ops = [  # `test` first: a reordered base fails the render instead of dropping another volume
+            {"op": "test", "path": f"{base}/containers/0/volumeMounts/{mount}/name", "value": "cas"},
+            _remove(f"{base}/containers/0/volumeMounts/{mount}"),
+            {"op": "test", "path": f"{base}/volumes/{volume}/name", "value": "cas"},
+            _remove(f"{base}/volumes/{volume}"),
+        ]
+        patches.append(
+            {
+                "target": {
+                    "group": "serving.knative.dev",
+                    "version": "v1",
+                    "kind": "Service",
+                    "name": plan.name,
+                },
+                "patch": yaml.safe_dump(ops, sort_keys=False),
+            }
+        )
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../prod"],
+        "patches": patches,
+    }
+
+
+def migrate_store_job() -> dict[str, Any]:
+    """`python -m common.migrate_store --from fs --to s3` next to the serving functions: the
+    volume mounted, the bucket configured (README, Storage: moving between stores)."""
+    plan = PLANS["upload"]
+    service = knative_service(plan)["spec"]["template"]["spec"]
+    container = service["containers"][0]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(f"{APP}-migrate-store", "migrate-store", "service"),
+        "spec": {
+            "backoffLimit": 6,  # each retry resumes where the last one stopped
+            "activeDeadlineSeconds": 7 * 86400,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": labels("migrate-store", "service")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "securityContext": _pod_security(),
+                    "containers": [
+                        {
+                            "name": "migrate-store",
+                            "image": f"{IMAGE_PREFIX}upload",
+                            "command": ["python", "-m", "common.migrate_store", "--from", "fs", "--to", "s3"],
+                            "env": [
+                                *(e for e in container["env"] if e["name"] == "PGPASSWORD"),
+                                *(
+                                    {"name": k, "value": v}
+                                    for k, v in S3_VARIABLES.items()
+                                    if k != "MEDIA_STORAGE"
+                                ),
+                            ],
+                            "envFrom": container["envFrom"],
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "256Mi"},
+                                "limits": {"cpu": "1000m", "memory": "512Mi"},
+                            },
+                            "securityContext": _container_security(),
+                            "volumeMounts": container["volumeMounts"],
+                        }
+                    ],
+                    "volumes": service["volumes"],
+                },
+            },
+        },
+    }
+
+
+def kustomization_migrate_store() -> dict[str, Any]:
+    prod = next(o for o in OVERLAYS if o.name == "prod")
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["job.yaml"],
+        "images": [
+            {
+                "name": f"{IMAGE_PREFIX}upload",
+                "newName": f"{prod.registry}/{IMAGE_PREFIX}upload",
+                "newTag": prod.tags["upload"],
+            }
+        ],
+    }
+
+
+def _remove(path: str) -> dict[str, Any]:
+    return {"op": "remove", "path": path}
+
+
 def _replace(path: str, value: Any) -> dict[str, Any]:
     return {"op": "replace", "path": path, "value": value}
 
@@ -556,6 +680,9 @@ def openfaas_stack() -> dict[str, Any]:
                 "MEDIA_WORKERS": str(plan.workers),
                 "MEDIA_DB_POOL_MAX": str(plan.pool),
                 **S3_VARIABLES,
+                "MEDIA_SECRETS_DIR": OPENFAAS_SECRETS,
+                # the bucket's keys as an AWS credentials file, one more key of media-secrets
+                "AWS_SHARED_CREDENTIALS_FILE": f"{OPENFAAS_SECRETS}/aws-credentials",
             },
             "secrets": ["media-secrets"],
             "readonly_root_filesystem": True,
@@ -672,14 +799,30 @@ def generated() -> dict[Path, str]:
         ],
         ["prod on a cluster whose Knative runs on Istio: one VirtualService instead of the HTTPRoutes."],
     )
+    files[Path("k8s/overlays/s3/kustomization.yaml")] = _dump(
+        [kustomization_s3()],
+        [
+            "prod with the CAS in an S3-compatible bucket: MEDIA_STORAGE=s3 and the bucket in the"
+            " ConfigMap, no PVC, no volume in any pod. Move the blobs first (k8s/jobs/migrate-store,"
+            " README: Storage)."
+        ],
+    )
+    files[Path("k8s/jobs/migrate-store/kustomization.yaml")] = _dump([kustomization_migrate_store()])
+    files[Path("k8s/jobs/migrate-store/job.yaml")] = _dump(
+        [migrate_store_job()],
+        [
+            "Copies every referenced blob from the volume to the bucket while the functions serve;"
+            " resumable, so a retried pod goes on where the last stopped. Re-run after the switch"
+            " (delete the Job, apply again). Reverse: swap --from and --to."
+        ],
+    )
     files[Path("openfaas/stack.yml")] = _dump(
         [openfaas_stack()],
         [
             "OpenFaaS: the same functions, one image each (infra/Dockerfile). OpenFaaS cannot mount"
-            " volumes, so there the CAS must live in object storage: the MEDIA_S3_* variables are"
-            " what that backend (its own issue) will read; until it lands, deploy on Knative."
-            " OpenFaaS also mounts secrets as files (/var/openfaas/secrets/media-secrets), not"
-            " variables: reading them from files is still to be built, with that backend."
+            " volumes, so the CAS lives in a bucket (MEDIA_STORAGE=s3). The secret media-secrets"
+            " arrives as files, one per key, which MEDIA_SECRETS_DIR reads; its key aws-credentials"
+            " is an AWS credentials file for the bucket (or give the pods a web identity instead)."
         ],
     )
     return files

@@ -26,7 +26,8 @@ from infra import manifests, plans
 from tests.infra.gateway_api import check_http_route, check_reference_grant, duration_seconds
 from tests.support import ROOT, function_names
 
-OVERLAYS = ("dev", "prod", "prod-istio")
+OVERLAYS = ("dev", "prod", "prod-istio", "s3")
+ON_THE_VOLUME = ("dev", "prod", "prod-istio")
 KUBERNETES_VERSION = "1.32.0"  # the kubectl in the machine image; kubernetes-validate knows 1.25-1.37
 README = (ROOT / "README.md").read_text()
 
@@ -42,7 +43,7 @@ def test_every_generated_file_says_it_is_generated() -> None:
 
 
 @cache
-def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+def rendered(overlay: str, under: str = "overlays") -> tuple[dict[str, Any], ...]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         message = "kubectl is not installed: the overlays were NOT rendered or validated"
@@ -50,7 +51,7 @@ def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
             pytest.fail(message)
         pytest.skip(message)
     out = subprocess.run(
-        [kubectl, "kustomize", str(ROOT / "infra/k8s/overlays" / overlay)],
+        [kubectl, "kustomize", str(ROOT / "infra/k8s" / under / overlay)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -159,7 +160,7 @@ def test_every_rendered_object_validates(overlay: str) -> None:
     kinds = {d["kind"] for d in docs}
     assert kinds >= {
         "ConfigMap",
-        "PersistentVolumeClaim",
+        *(["PersistentVolumeClaim"] if overlay in ON_THE_VOLUME else []),
         "Job",
         "Service",
         "PodMonitor",
@@ -358,7 +359,7 @@ def test_route_timeouts_cover_the_longest_request(overlay: str) -> None:
     assert upload >= plans.MAX_UPLOAD_BYTES / plans.SLOWEST_UPLINK_BYTES_PER_SECOND
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", ON_THE_VOLUME)
 def test_the_cas_volume_is_mounted_where_the_config_says(overlay: str) -> None:
     docs = rendered(overlay)
     (config_map,) = of_kind(docs, "ConfigMap")
@@ -376,6 +377,50 @@ def test_the_cas_volume_is_mounted_where_the_config_says(overlay: str) -> None:
     assert "mkdir -p /data /srv && chown 65532:65532 /data" in (ROOT / "infra/Dockerfile").read_text()
 
 
+def test_the_s3_overlay_puts_the_cas_in_the_bucket_and_mounts_no_volume() -> None:
+    docs = rendered("s3")
+    assert of_kind(docs, "PersistentVolumeClaim") == []
+    (config_map,) = of_kind(docs, "ConfigMap")
+    config = Config.from_env(config_map["data"])
+    assert config.storage == "s3" and config.s3_bucket == manifests.S3_VARIABLES["MEDIA_S3_BUCKET"]
+    assert "MEDIA_DATA_DIR" not in config_map["data"]
+    prod = {k["metadata"]["name"]: k for k in _ksvcs("prod")}
+
+    def without_volumes(ksvc: dict[str, Any]) -> dict[str, Any]:
+        copy = yaml.safe_load(yaml.safe_dump(ksvc))
+        spec = copy["spec"]["template"]["spec"]
+        spec.pop("volumes")
+        spec["containers"][0].pop("volumeMounts")
+        return dict(copy)
+
+    for ksvc in _ksvcs("s3"):
+        spec = ksvc["spec"]["template"]["spec"]
+        assert [v["name"] for v in spec["volumes"]] == ["tmp"]
+        assert [m["name"] for m in _container(ksvc)["volumeMounts"]] == ["tmp"]
+        assert without_volumes(ksvc) == without_volumes(prod[ksvc["metadata"]["name"]])  # else prod's
+
+
+def test_the_migration_job_mounts_the_volume_and_names_the_bucket() -> None:
+    docs = rendered("migrate-store", under="jobs")
+    (job,) = docs
+    VALIDATORS["Job"](job)
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"][-4:] == ["--from", "fs", "--to", "s3"]
+    assert container["image"].endswith("/media-upload:1.0.0")  # prod's registry and tag
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    volume = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (config_map,) = of_kind(rendered("prod"), "ConfigMap")
+    assert volume["cas"] == config_map["data"]["MEDIA_DATA_DIR"]
+    claims = [
+        v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v
+    ]
+    assert claims == [manifests.VOLUME_CLAIM]
+    configured = Config.from_env({**config_map["data"], **{k: v for k, v in env.items() if v}})
+    assert configured.s3_bucket == manifests.S3_VARIABLES["MEDIA_S3_BUCKET"] and configured.storage == "fs"
+    assert "PGPASSWORD" in env and {"configMapRef": {"name": manifests.CONFIG}} in container["envFrom"]
+
+
 # Variables the code reads that may stay unset, and why.
 OPTIONAL = {
     "MEDIA_JWT_SECRET": "HS256 tokens only; the deployment verifies RS256/ES256/EdDSA against the JWKS",
@@ -384,6 +429,7 @@ OPTIONAL = {
     "MEDIA_INTROSPECTION_CLIENT_SECRET": "introspection mode only",
     "MEDIA_PRESIGN_PREVIOUS_SECRET": "only while a presign key rotates",
     "MEDIA_CORS_ORIGINS": "no browser origin is allowed until set",
+    "MEDIA_SECRETS_DIR": "OpenFaaS only: Knative hands the Secret over as variables",
     "MEDIA_S3_BUCKET": "MEDIA_STORAGE=s3 only (the base deploys MEDIA_STORAGE=fs on the volume)",
     "MEDIA_S3_ENDPOINT_URL": "MEDIA_STORAGE=s3 only; unset is AWS",
     "MEDIA_S3_PREFIX": "MEDIA_STORAGE=s3 only; unset is no prefix",
@@ -449,10 +495,10 @@ def test_the_pod_monitor_scrapes_every_function_on_its_own_port() -> None:
     assert components["values"] == function_names()
 
 
-def test_the_openfaas_stack_carries_the_same_functions() -> None:
+def test_the_openfaas_stack_carries_the_same_functions(tmp_path: Path) -> None:
     stack = yaml.safe_load((ROOT / "infra/openfaas/stack.yml").read_text())
     assert sorted(stack["functions"]) == [f"media-{f}" for f in function_names()]
-    known = {v.name for v in VARIABLES} | set(manifests.S3_VARIABLES)
+    known = {v.name for v in VARIABLES} | {"AWS_SHARED_CREDENTIALS_FILE"}
     for name, fn in stack["functions"].items():
         plan = plans.PLANS[name.removeprefix("media-")]
         assert fn["build_args"] == {"FUNCTION": plan.function}
@@ -460,7 +506,15 @@ def test_the_openfaas_stack_carries_the_same_functions() -> None:
         assert {"com.openfaas.scale.min", "com.openfaas.scale.target"} <= set(fn["labels"])
         assert set(fn["environment"]) <= known
         assert fn["annotations"]["com.openfaas.health.http.path"] == "/health/ready"
-    assert set(manifests.S3_VARIABLES) <= set(next(iter(stack["functions"].values()))["environment"])
+    environment = next(iter(stack["functions"].values()))["environment"]
+    assert set(manifests.S3_VARIABLES) <= set(environment)
+    # The Secret as OpenFaaS mounts it: one file per key, where MEDIA_SECRETS_DIR says.
+    assert environment["MEDIA_SECRETS_DIR"] == manifests.OPENFAAS_SECRETS
+    assert environment["AWS_SHARED_CREDENTIALS_FILE"].startswith(manifests.OPENFAAS_SECRETS + "/")
+    for key in manifests.SECRET_KEYS:
+        (tmp_path / key).write_text(manifests.SECRET_KEYS[key])
+    config = Config.from_env({**environment, "MEDIA_SECRETS_DIR": str(tmp_path)})
+    assert config.storage == "s3" and config.database_url == manifests.SECRET_KEYS["MEDIA_DATABASE_URL"]
 
 
 def test_readme_names_the_knative_feature_flags_and_the_apply_order() -> None:
