@@ -477,17 +477,7 @@ def kustomization_overlay(overlay: Overlay) -> dict[str, Any]:
                 },
             ),
         ]
-        patches.append(
-            {
-                "target": {
-                    "group": "serving.knative.dev",
-                    "version": "v1",
-                    "kind": "Service",
-                    "name": plan.name,
-                },
-                "patch": yaml.safe_dump(ops, sort_keys=False),
-            }
-        )
+        patches.append(_ksvc_patch(plan.name, ops))
     patches.append(
         {
             "target": {"version": "v1", "kind": "PersistentVolumeClaim", "name": VOLUME_CLAIM},
@@ -550,17 +540,7 @@ def kustomization_s3() -> dict[str, Any]:
             {"op": "test", "path": f"{base}/volumes/{volume}/name", "value": "cas"},
             _remove(f"{base}/volumes/{volume}"),
         ]
-        patches.append(
-            {
-                "target": {
-                    "group": "serving.knative.dev",
-                    "version": "v1",
-                    "kind": "Service",
-                    "name": plan.name,
-                },
-                "patch": yaml.safe_dump(ops, sort_keys=False),
-            }
-        )
+        patches.append(_ksvc_patch(plan.name, ops))
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
@@ -635,6 +615,12 @@ def kustomization_migrate_store() -> dict[str, Any]:
 
 def _remove(path: str) -> dict[str, Any]:
     return {"op": "remove", "path": path}
+
+
+def _ksvc_patch(name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """A JSON patch of the Knative Service `name`."""
+    target = {"group": "serving.knative.dev", "version": "v1", "kind": "Service", "name": name}
+    return {"target": target, "patch": yaml.safe_dump(ops, sort_keys=False)}
 
 
 def _replace(path: str, value: Any) -> dict[str, Any]:
