@@ -2,11 +2,13 @@
 
 `LocalStack` starts `python -m localdev` on a free loopback port, waits for readiness, reads the
 memory of its gunicorn processes from /proc, and stops it with SIGTERM. `multipart_stream`
-generates a large multipart body chunk by chunk, so neither side ever holds it whole.
+generates a large multipart body chunk by chunk, so neither side ever holds it whole. `s3_server`
+starts moto's S3 server on loopback (the tests' and the bench's bucket).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -14,12 +16,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,3 +236,78 @@ def send(
         return resp.status, data, time.perf_counter() - started
     finally:
         conn.close()
+
+
+# --- S3: moto's standalone server ---------------------------------------------------------------
+
+
+@dataclass
+class RunningS3:
+    """moto's S3 protocol server on loopback (`moto_server`), started by the tests and the bench;
+    or an outside one (MinIO) named by MEDIA_TEST_S3_ENDPOINT."""
+
+    endpoint: str
+    proc: Any  # None for an outside server (MEDIA_TEST_S3_ENDPOINT)
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def new_bucket(self) -> str:
+        import uuid
+
+        name = f"media-{uuid.uuid4().hex[:16]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    @property
+    def freezable(self) -> bool:
+        return self.proc is not None
+
+    def freeze(self) -> None:
+        """The server stops answering without closing a connection (SIGSTOP)."""
+        if self.proc is None:
+            raise RuntimeError("an outside S3 server cannot be frozen")
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@contextmanager
+def s3_server() -> Iterator[RunningS3]:
+    os.environ.update({k: os.environ.get(k, v) for k, v in S3_CREDENTIALS.items()})
+    outside = os.environ.get("MEDIA_TEST_S3_ENDPOINT")
+    if outside:  # MinIO, say: the same suite against another S3 implementation
+        yield RunningS3(outside.rstrip("/"), None)
+        return
+    port = free_port()
+    binary = Path(sys.executable).parent / "moto_server"
+    log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2):  # noqa: S310 - loopback
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    f"moto_server did not start: {Path(log.name).read_text()[-2000:]}"
+                ) from None
+            time.sleep(0.1)
+    try:
+        yield RunningS3(endpoint, proc)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        os.unlink(log.name)

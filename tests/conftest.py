@@ -12,6 +12,7 @@ from werkzeug.test import Client
 from common.config import Config
 from common.migrate import migrate
 from common.services import Services, build_services
+from localdev.harness import RunningS3, s3_server
 from tests import support
 
 
@@ -48,9 +49,9 @@ def config_for(pg: support.RunningPostgres, tmp_path: Path) -> Callable[..., Con
 
 
 @pytest.fixture(scope="session")
-def s3() -> Iterator[support.RunningS3]:
+def s3() -> Iterator[RunningS3]:
     """moto's S3 server on loopback, for the whole session (a bucket per test)."""
-    with support.s3_server() as running:
+    with s3_server() as running:
         yield running
 
 
@@ -66,7 +67,7 @@ def services(request: pytest.FixtureRequest, config_for: Callable[..., Config]) 
     assert leftovers == [], f"temp files left behind: {leftovers}"
 
 
-def s3_env(s3: support.RunningS3) -> dict[str, str]:
+def s3_env(s3: RunningS3) -> dict[str, str]:
     """The configuration of a service on a new bucket of moto's server."""
     return {
         "MEDIA_STORAGE": "s3",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import importlib.util
 import os
 import signal
@@ -22,6 +21,7 @@ from common.config import Config
 from common.services import Services
 from common.tokens import Principal
 from common.web import Routes
+from localdev.harness import RunningS3
 from localdev.router import build_router
 from tests.factories import PRESIGN_SECRET, PUBLIC_BASE, TEST_SECRET
 
@@ -277,78 +277,12 @@ def delete_racing_a_completion(services: Services, owner: Principal, data: bytes
 # --- S3: moto's standalone server, and looking inside either store ------------------------------------
 
 
-@dataclass
-class RunningS3:
-    """moto's S3 protocol server on loopback (`moto_server`), started by the tests."""
+def needs_freezable(s3: RunningS3) -> None:
+    """Skip, saying so, where the test must freeze the S3 server and cannot (an outside one)."""
+    if not s3.freezable:
+        import pytest
 
-    endpoint: str
-    proc: Any  # None for an outside server (MEDIA_TEST_S3_ENDPOINT)
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
-
-    def new_bucket(self) -> str:
-        import uuid
-
-        name = f"media-{uuid.uuid4().hex[:16]}"
-        self.client().create_bucket(Bucket=name)
-        return name
-
-    def freeze(self) -> None:
-        """The server stops answering without closing a connection (SIGSTOP)."""
-        if self.proc is None:
-            import pytest
-
-            pytest.skip("NOT TESTED: an outside S3 server (MEDIA_TEST_S3_ENDPOINT) cannot be frozen")
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-@contextmanager
-def s3_server() -> Iterator[RunningS3]:
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    os.environ.update({k: os.environ.get(k, v) for k, v in S3_CREDENTIALS.items()})
-    outside = os.environ.get("MEDIA_TEST_S3_ENDPOINT")
-    if outside:  # MinIO, say: the same suite against another S3 implementation
-        yield RunningS3(outside.rstrip("/"), None)
-        return
-    port = free_port()
-    binary = Path(sys.executable).parent / "moto_server"
-    log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2):  # noqa: S310 - loopback
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(
-                    f"moto_server did not start: {Path(log.name).read_text()[-2000:]}"
-                ) from None
-            time.sleep(0.1)
-    try:
-        yield RunningS3(endpoint, proc)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(10)
-        log.close()
-        os.unlink(log.name)
+        pytest.skip("NOT TESTED: an outside S3 server (MEDIA_TEST_S3_ENDPOINT) cannot be frozen")
 
 
 def stored_blobs(store: Any) -> list[str]:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import requests
 
-from localdev.harness import MULTIPART_CONTENT_TYPE, GeneratedFile, LocalStack, multipart_stream
+from localdev.harness import MULTIPART_CONTENT_TYPE, GeneratedFile, LocalStack, RunningS3, multipart_stream
 from tests.conftest import s3_env
 from tests.factories import bearer, png, token
-from tests.support import RunningPostgres, RunningS3, service_env
+from tests.support import RunningPostgres, needs_freezable, service_env
 
 MiB = 1024 * 1024
 
@@ -167,6 +167,7 @@ def _post_until_answered(
 def test_the_object_store_frozen_mid_upload_is_a_503_and_leaves_nothing(
     pg: RunningPostgres, s3: RunningS3, tmp_path: Any
 ) -> None:
+    needs_freezable(s3)
     stack = _stack(
         pg,
         s3,

@@ -27,9 +27,10 @@ from common.migrate import migrate
 from common.repository import ListQuery, MediaRecord
 from common.services import Services, build_services, build_store
 from common.tokens import DELETE, READ, WRITE, Principal
+from localdev.harness import RunningS3
 from tests.conftest import s3_env
 from tests.factories import png, upload_body
-from tests.support import ROOT, RunningPostgres, RunningS3, make_config, service_env, stored_blobs
+from tests.support import ROOT, RunningPostgres, make_config, service_env, stored_blobs
 
 
 @pytest.fixture

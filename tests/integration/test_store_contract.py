@@ -16,7 +16,8 @@ from common.cas import BlobStore, LocalBlobStore
 from common.config import Config
 from common.problems import BlobMissing, BlobTooLarge, StorageUnavailable
 from common.s3store import S3BlobStore, s3_client
-from tests.support import RunningS3, plant_temp, stored_blobs, temp_leftovers
+from localdev.harness import RunningS3
+from tests.support import needs_freezable, plant_temp, stored_blobs, temp_leftovers
 
 MiB = 1024 * 1024
 PART = 8 * MiB
@@ -168,6 +169,7 @@ def test_readiness_checks_the_store(store: BlobStore, s3: RunningS3) -> None:
 
 
 def test_a_silent_object_store_is_unavailable_fast_and_recovers(s3: RunningS3) -> None:
+    needs_freezable(s3)
     store = s3_store(s3, timeout=1)
     digest, _ = put(store, os.urandom(1000))
     s3.freeze()
