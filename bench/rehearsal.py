@@ -7,6 +7,10 @@ Figures (printed as a table and written to bench/results/rehearsal.json):
 - streaming uploads (100 MiB, 1 GiB; multipart and presigned PUT): service vs nginx PUT, >= 0.6x;
 - random 64 KiB ranges and metadata GETs (JWT + database) at concurrency 1, 16, 64 with wrk:
   requests/s, p50, p99 (metadata target: p99 < 20 ms at 16);
+- the two stores (MEDIA_STORAGE=fs, then s3 on moto's S3 server in a second rehearsal): 100 MiB
+  uploads (multipart, presigned) and downloads, MiB/s and CPU-seconds per GiB. moto is a Python
+  server on the same two cores, holding the objects in memory: its figures show the service's
+  overhead with S3 (parts, the copy into place, ranged reads), not what a real S3 service does;
 - peak RSS of every function process during the 1 GiB transfers, target < 150 MiB;
 - cold start per function (process start to first successful readiness answer), target < 1 s;
 - what the Kubernetes scaling settings are derived from (infra/k8s): CPU-seconds per GiB uploaded
@@ -41,7 +45,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from common.tokens import issue_hs256
-from localdev.harness import MiB, peak_rss_bytes, send
+from localdev.harness import MiB, peak_rss_bytes, s3_server, send
 from localdev.rehearsal import Rehearsal
 
 GiB = 1024 * MiB
@@ -234,6 +238,62 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
     return rows
 
 
+BACKEND_SIZE = 100 * MiB
+BACKEND_ROUNDS = 5
+
+
+def store_transfers(rehearsal: Rehearsal, token: str) -> dict[str, Any]:
+    """100 MiB uploads (multipart, presigned) and downloads on the rehearsal's store, interleaved."""
+    auth = {"Authorization": f"Bearer {token}"}
+    seconds = dict.fromkeys(("multipart", "presigned", "download"), 0.0)
+    cpu = dict.fromkeys(seconds, 0.0)
+    uploaders, downloaders = rehearsal.processes["upload"], rehearsal.processes["download"]
+    for _ in range(BACKEND_ROUNDS):
+        payload = Payload(BACKEND_SIZE)
+        before = cpu_seconds(uploaders)
+        elapsed, doc = upload_multipart(rehearsal.base, auth, payload)
+        seconds["multipart"] += elapsed
+        cpu["multipart"] += cpu_seconds(uploaders) - before
+        before = cpu_seconds(uploaders)
+        seconds["presigned"] += upload_presigned(rehearsal.base, auth, BACKEND_SIZE)
+        cpu["presigned"] += cpu_seconds(uploaders) - before
+        before = cpu_seconds(downloaders)
+        total, elapsed, digest = fetch(doc["links"]["content"], {})
+        cpu["download"] += cpu_seconds(downloaders) - before
+        assert total == BACKEND_SIZE
+        assert digest == payload.sha256
+        seconds["download"] += elapsed
+    mib = BACKEND_SIZE * BACKEND_ROUNDS / MiB
+    return {
+        "size_mib": BACKEND_SIZE // MiB,
+        "rounds": BACKEND_ROUNDS,
+        "mib_s": {k: round(mib / v, 1) for k, v in seconds.items()},
+        "cpu_s_per_gib": {k: round(v / (mib / 1024), 2) for k, v in cpu.items()},
+    }
+
+
+def on_s3(env: dict[str, str], tmp: Path, token: str) -> dict[str, Any]:
+    """The same transfers with MEDIA_STORAGE=s3, against moto's S3 server on loopback."""
+    with s3_server() as s3:
+        bucket = s3.new_bucket()
+        rehearsal = Rehearsal(
+            data_dir=tmp / "data-s3",
+            env={
+                **env,
+                "MEDIA_STORAGE": "s3",
+                "MEDIA_S3_BUCKET": bucket,
+                "MEDIA_S3_ENDPOINT_URL": s3.endpoint,
+                "MEDIA_S3_REGION": "us-east-1",
+                "MEDIA_S3_PREFIX": "bench",
+            },
+        )
+        try:
+            rehearsal.start()
+            return store_transfers(rehearsal, token)
+        finally:
+            rehearsal.stop()
+
+
 WRK_SCRIPT = """
 local size = {size}
 local span = 65536
@@ -349,21 +409,19 @@ def main() -> int:
 
             server = pgserver.get_server(str(Path(tmp) / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
             url = str(server.get_uri())
-        rehearsal = Rehearsal(
-            data_dir=Path(tmp) / "data",
-            env={
-                "MEDIA_DATABASE_URL": url,
-                "MEDIA_JWT_SECRET": secret,
-                "MEDIA_JWKS_URL": f"http://127.0.0.1:{jwks.server_port}/jwks",  # RS256 tokens too
-                "MEDIA_PRESIGN_SECRET": presign_secret,
-                "MEDIA_MAX_UPLOAD_BYTES": str(2 * GiB),
-                "MEDIA_DOWNLOAD_URL_TTL_SECONDS": "3600",
-                "MEDIA_LOG_LEVEL": "WARNING",
-                "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE": "0",  # the benchmark is one client, on purpose
-                "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP": "0",
-                "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR": "0",
-            },
-        )
+        env = {
+            "MEDIA_DATABASE_URL": url,
+            "MEDIA_JWT_SECRET": secret,
+            "MEDIA_JWKS_URL": f"http://127.0.0.1:{jwks.server_port}/jwks",  # RS256 tokens too
+            "MEDIA_PRESIGN_SECRET": presign_secret,
+            "MEDIA_MAX_UPLOAD_BYTES": str(2 * GiB),
+            "MEDIA_DOWNLOAD_URL_TTL_SECONDS": "3600",
+            "MEDIA_LOG_LEVEL": "WARNING",
+            "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE": "0",  # the benchmark is one client, on purpose
+            "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP": "0",
+            "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR": "0",
+        }
+        rehearsal = Rehearsal(data_dir=Path(tmp) / "data", env=env)
         try:
             rehearsal.start()
             cold = {
@@ -403,6 +461,7 @@ def main() -> int:
                 token_kinds.append({"kind": kind, **row})
             per_process = one_download_process(rehearsal, auth, media_id, content)
             transfers = large_transfers(rehearsal, token)
+            stores = {"fs": store_transfers(rehearsal, token)}
             rss = {
                 f"{name}:{p.port}": round(max(peak_rss_bytes(pid) for pid in p.pids()) / MiB, 1)
                 for name, procs in rehearsal.processes.items()
@@ -410,6 +469,9 @@ def main() -> int:
             }
         finally:
             rehearsal.stop()
+        try:
+            stores["s3"] = on_s3(env, Path(tmp), token)
+        finally:
             if server is not None:
                 server.cleanup()
             jwks.shutdown()
@@ -417,6 +479,7 @@ def main() -> int:
 
     result = {
         "transfers": transfers,
+        "stores": stores,
         "ranges_64k": ranges,
         "metadata": metadata,
         "metadata_by_token": token_kinds,
@@ -467,6 +530,16 @@ def report(r: dict[str, Any]) -> None:
             f" (ratios {t['multipart_vs_nginx_put']}/{t['presigned_vs_nginx_put']})"
             f"  PUT+fsync {m['nginx_put_fsync']:>7}"
             f" (ratios {t['multipart_vs_nginx_put_fsync']}/{t['presigned_vs_nginx_put_fsync']})"
+        )
+    print(
+        "\nThe two stores, 100 MiB (MiB/s; CPU-s/GiB of the function's processes). s3 is moto's server"
+        "\non the same cores, in memory: it shows the service's overhead with S3, not S3's speed."
+    )
+    for kind, t in r["stores"].items():
+        m, c = t["mib_s"], t["cpu_s_per_gib"]
+        print(
+            f"  {kind:<3} multipart {m['multipart']:>7} ({c['multipart']})  presigned {m['presigned']:>7}"
+            f" ({c['presigned']})  download {m['download']:>7} ({c['download']})"
         )
     print("\nRandom 64 KiB ranges of the 1 GiB file (wrk, 5 s each): req/s, p50 ms, p99 ms")
     for row in r["ranges_64k"]:
