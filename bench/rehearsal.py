@@ -179,6 +179,17 @@ def cpu_seconds(procs: list[Any]) -> float:
     return total / _TICKS
 
 
+def download_checked(doc: dict[str, Any], payload: Payload, downloaders: list[Any]) -> tuple[float, float]:
+    """GET an uploaded payload back through its content link: (seconds, CPU-seconds of the download
+    processes), its bytes checked."""
+    before = cpu_seconds(downloaders)
+    total, elapsed, digest = fetch(doc["links"]["content"], {})
+    used = cpu_seconds(downloaders) - before
+    assert total == payload.size
+    assert digest == payload.sha256
+    return elapsed, used
+
+
 def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
     auth = {"Authorization": f"Bearer {token}"}
     assert rehearsal.nginx is not None
@@ -210,12 +221,9 @@ def large_transfers(rehearsal: Rehearsal, token: str) -> list[dict[str, Any]]:
                     totals["nginx_put"] += raw
                     totals["nginx_put_fsync"] += durable
 
-            before = cpu_seconds(downloaders)
-            total, elapsed, digest = fetch(doc["links"]["content"], {})
-            cpu["download"] += cpu_seconds(downloaders) - before
-            assert total == size
-            assert digest == payload.sha256
+            elapsed, used = download_checked(doc, payload, downloaders)
             totals["download"] += elapsed
+            cpu["download"] += used
             sha = payload.sha256
             total, elapsed, digest = fetch(f"{peer}/sha256/{sha[:2]}/{sha[2:4]}/{sha}", {})
             assert digest == payload.sha256
@@ -257,12 +265,9 @@ def store_transfers(rehearsal: Rehearsal, token: str) -> dict[str, Any]:
         before = cpu_seconds(uploaders)
         seconds["presigned"] += upload_presigned(rehearsal.base, auth, BACKEND_SIZE)
         cpu["presigned"] += cpu_seconds(uploaders) - before
-        before = cpu_seconds(downloaders)
-        total, elapsed, digest = fetch(doc["links"]["content"], {})
-        cpu["download"] += cpu_seconds(downloaders) - before
-        assert total == BACKEND_SIZE
-        assert digest == payload.sha256
+        elapsed, used = download_checked(doc, payload, downloaders)
         seconds["download"] += elapsed
+        cpu["download"] += used
     mib = BACKEND_SIZE * BACKEND_ROUNDS / MiB
     return {
         "size_mib": BACKEND_SIZE // MiB,
