@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
-run: install ## serve all four functions on MEDIA_PORT (default 8080), embedded PostgreSQL unless MEDIA_DATABASE_URL
+run: install ## serve every function on MEDIA_PORT (default 8080), embedded PostgreSQL unless MEDIA_DATABASE_URL
 	$(PY) -m localdev
 
 migrate: install ## apply the SQL migrations (to MEDIA_DATABASE_URL, or the embedded database)
@@ -56,7 +56,7 @@ up: install test-deps ## production rehearsal: each function its own process, ng
 	$(PY) -m localdev.rehearsal
 
 redeploy: install ## in a running `make up`, redeploy one function (FUNCTION=download): new ready, switch, drain old
-	@test -n "$(FUNCTION)" || { echo "usage: make redeploy FUNCTION=upload|download|health|presign" >&2; exit 2; }
+	@test -n "$(FUNCTION)" || { echo "usage: make redeploy FUNCTION=<one of: $(FUNCTIONS)>" >&2; exit 2; }
 	$(PY) -m localdev.rehearsal redeploy $(FUNCTION)
 
 unit: install ## unit tests only

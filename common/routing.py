@@ -112,8 +112,29 @@ def routes() -> tuple[Route, ...]:
     return tuple(table)
 
 
+@dataclass(frozen=True)
+class FunctionSettings:
+    """What the table says of a function beyond its routes (`x-functions`)."""
+
+    name: str
+    rehearsal_processes: int = 1  # `make up`: processes, as Knative replicas
+    rehearsal_threads: int = 4  # `make up`: threads per process, as containerConcurrency
+
+
 def functions() -> tuple[str, ...]:
-    return tuple(sorted({r.function for r in routes()}))
+    """Every function: those that serve a route and those `x-functions` names."""
+    named = openapi_document().get("x-functions") or {}
+    return tuple(sorted({r.function for r in routes()} | set(named)))
+
+
+def function_settings(name: str) -> FunctionSettings:
+    entry = (openapi_document().get("x-functions") or {}).get(name) or {}
+    rehearsal = entry.get("rehearsal") or {}
+    return FunctionSettings(
+        name,
+        rehearsal_processes=int(rehearsal.get("processes", 1)),
+        rehearsal_threads=int(rehearsal.get("threads", 4)),
+    )
 
 
 def routes_served_by(function: str) -> tuple[Route, ...]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from common import routing
+
 NAMESPACE = "media"
 APP = "media"
 
@@ -53,99 +55,125 @@ class Plan:
 
 _UPLOAD_TIMEOUT = math.ceil(MAX_UPLOAD_BYTES / SLOWEST_UPLINK_BYTES_PER_SECOND / 300) * 300  # 900 s
 
-PLANS: dict[str, Plan] = {
-    plan.function: plan
-    for plan in (
-        Plan(
-            function="upload",
-            threads=8,
-            pool=4,
-            min_scale=1,
-            max_scale=30,
-            target=6,
-            timeout_seconds=_UPLOAD_TIMEOUT,
-            response_start_timeout_seconds=_UPLOAD_TIMEOUT,
-            cpu=("1000m", "2000m"),
-            memory=("256Mi", "512Mi"),
-            why=(
-                f"An upload costs {UPLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (hashing, type"
-                " detection, the copy to the volume): one fast client takes a whole core (about"
-                f" {round(1024 / UPLOAD_CPU_SECONDS_PER_GIB)} MiB/s), a phone at 2 MB/s about 1 % of"
-                " one. containerConcurrency 8 (low) keeps 8 fast uploads from sharing less than a"
-                " quarter of a core each, while slow ones cost little; target 6 (75 %) scales out"
-                " before a pod is full. timeoutSeconds and responseStartTimeoutSeconds: the answer"
-                f" starts only after the body, and {MAX_UPLOAD_BYTES // 2**20} MiB at 1 Mbit/s takes"
-                f" about {MAX_UPLOAD_BYTES // SLOWEST_UPLINK_BYTES_PER_SECOND} s: {_UPLOAD_TIMEOUT} s"
-                " (raise the cluster's max-revision-timeout-seconds to it). Memory: each process"
-                f" peaked at {PROCESS_RSS_MIB} MiB RSS through 1 GiB uploads (streamed in 1 MiB"
-                " blocks). The pool: each thread needs a connection only to check its rate limits"
-                " and to commit, briefly. max-scale 30: README's capacity model (50 uploads/s of 4 MiB"
-                " from 10 Mbit/s clients keep about 170 in flight)."
-            ),
+_TUNED: tuple[Plan, ...] = (
+    Plan(
+        function="upload",
+        threads=8,
+        pool=4,
+        min_scale=1,
+        max_scale=30,
+        target=6,
+        timeout_seconds=_UPLOAD_TIMEOUT,
+        response_start_timeout_seconds=_UPLOAD_TIMEOUT,
+        cpu=("1000m", "2000m"),
+        memory=("256Mi", "512Mi"),
+        why=(
+            f"An upload costs {UPLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (hashing, type"
+            " detection, the copy to the volume): one fast client takes a whole core (about"
+            f" {round(1024 / UPLOAD_CPU_SECONDS_PER_GIB)} MiB/s), a phone at 2 MB/s about 1 % of"
+            " one. containerConcurrency 8 (low) keeps 8 fast uploads from sharing less than a"
+            " quarter of a core each, while slow ones cost little; target 6 (75 %) scales out"
+            " before a pod is full. timeoutSeconds and responseStartTimeoutSeconds: the answer"
+            f" starts only after the body, and {MAX_UPLOAD_BYTES // 2**20} MiB at 1 Mbit/s takes"
+            f" about {MAX_UPLOAD_BYTES // SLOWEST_UPLINK_BYTES_PER_SECOND} s: {_UPLOAD_TIMEOUT} s"
+            " (raise the cluster's max-revision-timeout-seconds to it). Memory: each process"
+            f" peaked at {PROCESS_RSS_MIB} MiB RSS through 1 GiB uploads (streamed in 1 MiB"
+            " blocks). The pool: each thread needs a connection only to check its rate limits"
+            " and to commit, briefly. max-scale 30: README's capacity model (50 uploads/s of 4 MiB"
+            " from 10 Mbit/s clients keep about 170 in flight)."
         ),
-        Plan(
-            function="download",
-            threads=32,
-            pool=8,
-            min_scale=1,
-            max_scale=40,
-            target=24,
-            timeout_seconds=_UPLOAD_TIMEOUT,
-            response_start_timeout_seconds=30,
-            cpu=("1000m", "2000m"),
-            memory=("256Mi", "512Mi"),
-            why=(
-                f"One process answers about {DOWNLOAD_RPS_PER_PROCESS} metadata GETs/s and"
-                f" {RANGE_RPS_PER_PROCESS} 64 KiB ranges/s with one core (about 1 CPU-ms each; the"
-                " GIL keeps a process near one core), and streams whole files for"
-                f" {DOWNLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (sendfile). A request holds a"
-                " thread for as long as the client reads, so concurrency is high (32) for slow"
-                " readers, and target 24 (75 %); more threads stretch the tail of short requests under"
-                " the GIL (p99 at 16 clients: 18 ms with 2 threads, 29 ms with 8, in the rehearsal),"
-                " which costs less than slow readers blocking a pod. min-scale 1: the hot path never"
-                " waits for a cold"
-                " start. A thread holds a database connection only for the record lookup, so 8"
-                " connections serve 32 threads. timeoutSeconds: the largest file to a slow reader."
-                " max-scale 40: README's capacity model (2,000 downloads/s of 500 KiB to 10 Mbit/s"
-                " clients keep about 800 in flight)."
-            ),
+    ),
+    Plan(
+        function="download",
+        threads=32,
+        pool=8,
+        min_scale=1,
+        max_scale=40,
+        target=24,
+        timeout_seconds=_UPLOAD_TIMEOUT,
+        response_start_timeout_seconds=30,
+        cpu=("1000m", "2000m"),
+        memory=("256Mi", "512Mi"),
+        why=(
+            f"One process answers about {DOWNLOAD_RPS_PER_PROCESS} metadata GETs/s and"
+            f" {RANGE_RPS_PER_PROCESS} 64 KiB ranges/s with one core (about 1 CPU-ms each; the"
+            " GIL keeps a process near one core), and streams whole files for"
+            f" {DOWNLOAD_CPU_SECONDS_PER_GIB} CPU-seconds per GiB (sendfile). A request holds a"
+            " thread for as long as the client reads, so concurrency is high (32) for slow"
+            " readers, and target 24 (75 %); more threads stretch the tail of short requests under"
+            " the GIL (p99 at 16 clients: 18 ms with 2 threads, 29 ms with 8, in the rehearsal),"
+            " which costs less than slow readers blocking a pod. min-scale 1: the hot path never"
+            " waits for a cold"
+            " start. A thread holds a database connection only for the record lookup, so 8"
+            " connections serve 32 threads. timeoutSeconds: the largest file to a slow reader."
+            " max-scale 40: README's capacity model (2,000 downloads/s of 500 KiB to 10 Mbit/s"
+            " clients keep about 800 in flight)."
         ),
-        Plan(
-            function="presign",
-            threads=8,
-            pool=2,
-            min_scale=0,
-            max_scale=5,
-            target=6,
-            timeout_seconds=30,
-            response_start_timeout_seconds=10,
-            cpu=("250m", "1000m"),
-            memory=("128Mi", "256Mi"),
-            why=(
-                "A presign is a token check, a rate-limit update and one INSERT: about 1 CPU-ms, like"
-                f" the metadata GET. Scale to zero is allowed (cold start {COLD_START_SECONDS} s for"
-                " the process, plus the pod's)."
-            ),
+    ),
+    Plan(
+        function="presign",
+        threads=8,
+        pool=2,
+        min_scale=0,
+        max_scale=5,
+        target=6,
+        timeout_seconds=30,
+        response_start_timeout_seconds=10,
+        cpu=("250m", "1000m"),
+        memory=("128Mi", "256Mi"),
+        why=(
+            "A presign is a token check, a rate-limit update and one INSERT: about 1 CPU-ms, like"
+            f" the metadata GET. Scale to zero is allowed (cold start {COLD_START_SECONDS} s for"
+            " the process, plus the pod's)."
         ),
-        Plan(
-            function="health",
-            threads=4,
-            pool=2,
-            min_scale=0,
-            max_scale=2,
-            target=3,
-            timeout_seconds=10,
-            response_start_timeout_seconds=10,
-            cpu=("100m", "500m"),
-            memory=("128Mi", "256Mi"),
-            why=(
-                "The public /health routes: one database ping and one write to the volume each."
-                " Every function also answers its own probes on its own port; this one only serves"
-                " what the ingress routes here, so it may scale to zero."
-            ),
+    ),
+    Plan(
+        function="health",
+        threads=4,
+        pool=2,
+        min_scale=0,
+        max_scale=2,
+        target=3,
+        timeout_seconds=10,
+        response_start_timeout_seconds=10,
+        cpu=("100m", "500m"),
+        memory=("128Mi", "256Mi"),
+        why=(
+            "The public /health routes: one database ping and one write to the volume each."
+            " Every function also answers its own probes on its own port; this one only serves"
+            " what the ingress routes here, so it may scale to zero."
         ),
+    ),
+)
+
+
+def default_plan(function: str) -> Plan:
+    """A function the plans do not know yet (a folder and its routes are all it takes to deploy
+    one): small, scaled to zero when idle, until `make bench` gives it figures of its own."""
+    return Plan(
+        function=function,
+        threads=4,
+        pool=2,
+        min_scale=0,
+        max_scale=3,
+        target=3,
+        timeout_seconds=60,
+        response_start_timeout_seconds=30,
+        cpu=("250m", "1000m"),
+        memory=("128Mi", "256Mi"),
+        why="No plan of its own yet (infra/plans.py): the defaults, until make bench measures it.",
     )
-}
+
+
+def _plans() -> dict[str, Plan]:
+    tuned = {plan.function: plan for plan in _TUNED}
+    unknown = set(tuned) - set(routing.functions())
+    if unknown:
+        raise RuntimeError(f"plans for functions the routing table does not have: {sorted(unknown)}")
+    return {name: tuned.get(name) or default_plan(name) for name in routing.functions()}
+
+
+PLANS: dict[str, Plan] = _plans()  # every function of the routing table
 
 
 # Server connections: the pooler's instances × default_pool_size, under max_connections (README).

@@ -1,8 +1,9 @@
 """`make up`: the production rehearsal on one machine.
 
-Each function runs as its own process (`common.server`: gunicorn around functions-framework) on
-its own loopback port, two of them for `upload` (as two Knative replicas sharing one CAS volume and
-one database), and nginx is the ingress on one port, its routes generated from the routing table.
+Each function of the routing table runs as its own processes (`common.server`: gunicorn around
+functions-framework) on loopback ports, as many as its `x-functions` entry says (two for `upload`:
+two Knative replicas sharing one CAS volume and one database), and nginx is the ingress on one
+port, its routes generated from the same table.
 The end-to-end fault drills and `make bench` use `Rehearsal` directly.
 
 `Rehearsal.redeploy(NAME)` replaces one function's processes the way a Knative revision rollout
@@ -27,17 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import routing
 from common.config import Config
 from common.migrate import migrate
 from localdev import nginx
 from localdev.harness import ROOT, children, free_port, http_status, spawn_until_ready
 
-DEFAULT_SCALE = {"upload": 2, "download": 2, "health": 1, "presign": 1}
-# Threads per process, as Knative's containerConcurrency would be. Uploads wait on the network and
-# the disk, so a process takes many. Metadata and range requests are short and CPU-bound under the
-# GIL: more threads only queue on it and stretch the tail (p99 at 16 clients, measured: 18 ms with
-# 2 threads, 23 ms with 4, 29 ms with 8), so download takes 2 and scales out in replicas instead.
-THREADS = {"upload": 8, "download": 2, "health": 4, "presign": 4}
+
+def default_scale() -> dict[str, int]:
+    """Processes per function, from the routing table (`x-functions`; one unless it says more)."""
+    return {name: routing.function_settings(name).rehearsal_processes for name in routing.functions()}
 
 
 @dataclass
@@ -155,7 +155,7 @@ class Nginx:
 class Rehearsal:
     data_dir: Path
     env: dict[str, str]  # MEDIA_DATABASE_URL, the secrets, limits...
-    scale: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SCALE))
+    scale: dict[str, int] = field(default_factory=default_scale)
     processes: dict[str, list[FunctionProcess]] = field(default_factory=dict)
     nginx: Nginx | None = None
 
@@ -191,7 +191,7 @@ class Rehearsal:
         migrate(Config.from_env(self.function_env()).require_database_url())
         env = self.function_env()
         for name, count in self.scale.items():
-            own = {**env, "MEDIA_THREADS": str(THREADS.get(name, 4))}
+            own = {**env, "MEDIA_THREADS": str(routing.function_settings(name).rehearsal_threads)}
             self.processes[name] = [FunctionProcess(name, own, logs).start() for _ in range(count)]
         self.nginx.start(self.upstreams(), self.cas_root)
         return self

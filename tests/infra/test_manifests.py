@@ -333,6 +333,13 @@ def _mib(quantity: str) -> int:
     return int(number) * (1024 if unit == "Gi" else 1)
 
 
+def test_every_function_has_a_plan_and_an_unknown_one_gets_the_defaults() -> None:
+    assert sorted(plans.PLANS) == function_names()
+    default = plans.default_plan("newcomer")
+    assert default.name == "media-newcomer" and default.min_scale == 0
+    manifests.knative_service(default)  # renders like any other
+
+
 def test_the_scaling_plans_follow_the_issue() -> None:
     plan = plans.PLANS
     assert plan["upload"].threads < plan["download"].threads  # upload low, download high

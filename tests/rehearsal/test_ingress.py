@@ -56,6 +56,11 @@ def test_path_templates_become_anchored_regexes(template: str, path: str, matche
 
 
 def test_routes_reach_their_functions_and_the_rest_is_problem_json(rehearsal: Rehearsal) -> None:
+    # Every function of the routing table runs, as many processes as its x-functions entry says.
+    assert {name: len(procs) for name, procs in rehearsal.processes.items()} == {
+        name: routing.function_settings(name).rehearsal_processes for name in routing.functions()
+    }
+    assert len(rehearsal.processes["upload"]) == 2
     tok = token()
     body, ctype = upload_body(png())
     created = requests.post(

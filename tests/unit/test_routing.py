@@ -16,8 +16,22 @@ def test_each_function_handles_exactly_its_slice_of_the_table(function: str) -> 
     assert set(routes.handlers) == expected
 
 
-def test_every_function_in_the_table_has_a_main_py() -> None:
-    assert set(routing.functions()) <= set(function_names())
+def test_the_table_and_the_function_folders_name_the_same_functions() -> None:
+    assert set(routing.functions()) == set(function_names())
+
+
+def test_a_function_may_be_named_in_x_functions_alone_and_has_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    document = routing.openapi_document()
+    assert routing.function_settings("upload") == routing.FunctionSettings("upload", 2, 8)
+    assert routing.function_settings("health") == routing.FunctionSettings("health", 1, 4)
+    routing.routes()  # cached from the real document
+    monkeypatch.setattr(
+        routing, "openapi_document", lambda: {**document, "x-functions": {"events": {"rehearsal": {}}}}
+    )
+    assert "events" in routing.functions() and "upload" in routing.functions()
+    assert routing.function_settings("events") == routing.FunctionSettings("events", 1, 4)
 
 
 def test_every_operation_names_a_function_and_ids_are_unique() -> None:
