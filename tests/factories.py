@@ -119,3 +119,63 @@ def hs256_signed_with(claims: dict[str, object], key: bytes, kid: str | None = N
     header = {"alg": "HS256", **({"kid": kid} if kid else {})}
     signing_input = part(json.dumps(header).encode()) + b"." + part(json.dumps(claims).encode())
     return (signing_input + b"." + part(hmac.new(key, signing_input, hashlib.sha256).digest())).decode()
+
+
+# --- photos for the image pipeline ------------------------------------------------------------
+
+ORIENTATION = 0x0112
+GPS_IFD = 0x8825
+UPRIGHT_CORNER = (220, 20, 20)  # the upright photo's top-left quarter: what a rotation must keep
+
+
+def photo_pixels(width: int, height: int) -> Image.Image:
+    """A photo-like picture (a gradient with noise, so encoders have work), its top-left quarter red."""
+    base = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    noise = Image.effect_noise((width, height), 40).convert("RGB")
+    picture = Image.blend(base, noise, 0.3)
+    picture.paste(UPRIGHT_CORNER, (0, 0, width // 2, height // 2))
+    return picture
+
+
+def photo(
+    width: int = 1600,
+    height: int = 1200,
+    fmt: str = "JPEG",
+    *,
+    rotated: bool = False,
+    gps: bool = False,
+) -> bytes:
+    """`width` x `height` upright, encoded as `fmt` (JPEG, PNG, WEBP, HEIF). `rotated`: the pixels
+    stored turned a quarter and EXIF orientation 6 saying so (as a phone held upright writes them);
+    `gps`: EXIF GPS tags, which no variant may keep."""
+    picture = photo_pixels(width, height)
+    exif = Image.Exif()
+    if rotated:
+        picture = picture.transpose(Image.Transpose.ROTATE_90)  # orientation 6 turns it back
+        exif[ORIENTATION] = 6
+    if gps:
+        exif[GPS_IFD] = {1: "N", 2: (52.0, 22.0, 1.0), 3: "E", 4: (4.0, 53.0, 2.0)}
+    buf = io.BytesIO()
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    picture.save(buf, fmt, quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG whose header claims `width` x `height` (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
