@@ -79,8 +79,9 @@ images: ## build every function's container image (needs Docker; IMAGE_PREFIX, I
 manifests: install ## regenerate infra/k8s and infra/openfaas from the routing table (infra/manifests.py)
 	$(PY) -m infra.manifests
 
-bench: install test-deps ## the rehearsal vs nginx: transfers, ranges, metadata latency, RSS, cold start
+bench: install test-deps ## the rehearsal vs nginx (transfers, ranges, metadata latency, RSS, cold start); image variants, Pillow vs libvips
 	$(PY) -m bench.rehearsal
+	$(PY) -m bench.imaging
 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

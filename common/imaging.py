@@ -12,8 +12,11 @@ A quality gate (`keep`) drops a variant larger than the next-wider one of its fo
 the original, or of the wrong dimensions.
 
 Pillow, with pillow-heif for HEIC/HEIF, was chosen over libvips after measuring both on the same
-photos (`make bench`, bench/imaging.py): the same time within noise for the full set, a lower peak
-RSS, and HEIC decoding, which the self-contained libvips wheel lacks (no HEVC decoder).
+photos (`make bench`, bench/imaging.py, one core): JPEG originals alike (12 MP: 53 ms/MP each,
+peak RSS 134 MiB Pillow, 147 MiB libvips; 24 MP: 28 vs 26 ms/MP, 151 vs 153 MiB), a full PNG decode
+in libvips' favour (79 vs 57 ms/MP, 226 vs 163 MiB); but the self-contained libvips wheel
+(pyvips-binary) cannot decode HEIC at all (no HEVC decoder), and iPhones upload HEIC. One library
+for every format, both targets met (< 150 ms/MP, < 300 MiB at 24 MP).
 
 Safety (`render_isolated`): the decoder runs in a child process (`python -m common.imaging`) whose
 address space is capped (`RLIMIT_AS`) and whose run is timed out; the pixel count is checked

@@ -311,3 +311,20 @@ def s3_server() -> Iterator[RunningS3]:
         proc.wait(10)
         log.close()
         os.unlink(log.name)
+
+
+# --- photos for the image pipeline's tests and bench -------------------------------------------
+
+UPRIGHT_CORNER = (220, 20, 20)  # the upright photo's top-left quarter: what a rotation must keep
+
+
+def photo_pixels(width: int, height: int) -> Any:
+    """A photo-like picture (a gradient with noise, so encoders have work), its top-left quarter
+    red: a Pillow image."""
+    from PIL import Image
+
+    base = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    noise = Image.effect_noise((width, height), 40).convert("RGB")
+    picture = Image.blend(base, noise, 0.3)
+    picture.paste(UPRIGHT_CORNER, (0, 0, width // 2, height // 2))
+    return picture

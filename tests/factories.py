@@ -21,6 +21,7 @@ from common.services import Services
 from common.signing import KeyRing
 from common.tokens import DELETE, READ, WRITE, issue_hs256
 from common.verifiers import JwtVerifier
+from localdev.harness import photo_pixels
 
 TEST_SECRET = "test-secret-" + "x" * 40
 PRESIGN_SECRET = "presign-secret-" + "p" * 40
@@ -125,16 +126,6 @@ def hs256_signed_with(claims: dict[str, object], key: bytes, kid: str | None = N
 
 ORIENTATION = 0x0112
 GPS_IFD = 0x8825
-UPRIGHT_CORNER = (220, 20, 20)  # the upright photo's top-left quarter: what a rotation must keep
-
-
-def photo_pixels(width: int, height: int) -> Image.Image:
-    """A photo-like picture (a gradient with noise, so encoders have work), its top-left quarter red."""
-    base = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-    noise = Image.effect_noise((width, height), 40).convert("RGB")
-    picture = Image.blend(base, noise, 0.3)
-    picture.paste(UPRIGHT_CORNER, (0, 0, width // 2, height // 2))
-    return picture
 
 
 def photo(

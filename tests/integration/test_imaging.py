@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from common.imaging import ImageRejected, Limits, Rendition, render_isolated
-from tests.factories import GPS_IFD, UPRIGHT_CORNER, photo, png_declaring
+from localdev.harness import UPRIGHT_CORNER
+from tests.factories import GPS_IFD, photo, png_declaring
 
 DECODED_AS = {"avif": "AVIF", "webp": "WEBP", "jpeg": "JPEG"}
 
