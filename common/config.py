@@ -70,6 +70,22 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MEDIA_S3_PART_BYTES", str(8 * MiB), "Multipart upload part size (at least 8 MiB)"),
     Variable("MEDIA_S3_REDIRECT_TTL_SECONDS", "60", "Lifetime of a redirect's presigned GET URL"),
     Variable(
+        "K_SINK",
+        None,
+        "Where the outbox's CloudEvents go (Knative's SinkBinding sets it); unset: none are sent, the"
+        " process function's drain finds the work",
+    ),
+    Variable("K_CE_OVERRIDES", None, "Extension attributes for the CloudEvents sent (SinkBinding sets it)"),
+    Variable(
+        "MEDIA_EVENT_TIMEOUT_SECONDS", "2", "Connect and read timeout of one CloudEvent delivery to K_SINK"
+    ),
+    Variable("MEDIA_PROCESS_MAX_ATTEMPTS", "5", "Attempts at an image before it is recorded as failed"),
+    Variable("MEDIA_PROCESS_MAX_PIXELS", "50000000", "Images with more pixels are refused (from the header)"),
+    Variable(
+        "MEDIA_PROCESS_MEMORY_BYTES", "1073741824", "Address-space limit of the decoder's child process"
+    ),
+    Variable("MEDIA_PROCESS_TIMEOUT_SECONDS", "60", "Time limit of one image's whole variant set"),
+    Variable(
         "MEDIA_DATABASE_URL",
         None,
         "PostgreSQL URL; unset: `make run` starts an embedded PostgreSQL (required in production)",
@@ -366,6 +382,13 @@ class Config:
     s3_long_timeout_seconds: float
     s3_part_bytes: int
     s3_redirect_ttl_seconds: int
+    event_sink: str | None
+    event_overrides: str | None
+    event_timeout_seconds: float
+    process_max_attempts: int
+    process_max_pixels: int
+    process_memory_bytes: int
+    process_timeout_seconds: float
     db_pool_max: int
     db_pooling: str
     db_timeout_seconds: float
@@ -432,6 +455,13 @@ class Config:
             s3_long_timeout_seconds=_float(env, "MEDIA_S3_LONG_TIMEOUT_SECONDS"),
             s3_part_bytes=_int(env, "MEDIA_S3_PART_BYTES", minimum=8 * MiB),
             s3_redirect_ttl_seconds=_int(env, "MEDIA_S3_REDIRECT_TTL_SECONDS", minimum=1),
+            event_sink=_url(env, "K_SINK"),
+            event_overrides=_get(env, "K_CE_OVERRIDES"),
+            event_timeout_seconds=_float(env, "MEDIA_EVENT_TIMEOUT_SECONDS"),
+            process_max_attempts=_int(env, "MEDIA_PROCESS_MAX_ATTEMPTS", minimum=1),
+            process_max_pixels=_int(env, "MEDIA_PROCESS_MAX_PIXELS", minimum=1),
+            process_memory_bytes=_int(env, "MEDIA_PROCESS_MEMORY_BYTES", minimum=64 * MiB),
+            process_timeout_seconds=_float(env, "MEDIA_PROCESS_TIMEOUT_SECONDS"),
             db_pool_max=_int(env, "MEDIA_DB_POOL_MAX", minimum=1),
             db_pooling=_choice(env, "MEDIA_DB_POOLING", ("session", "transaction")),
             db_timeout_seconds=_float(env, "MEDIA_DB_TIMEOUT_SECONDS"),

@@ -1,5 +1,6 @@
 """The one HTTP client the service uses to call out (the identity provider: discovery, JWKS,
-introspection): urllib3, with a connection pool per process, explicit timeouts and no retries.
+introspection; CloudEvents to K_SINK): urllib3, with a connection pool per process, explicit
+timeouts and no retries.
 
 urllib3 because it is what requests and boto3 stand on (so it is here anyway), it pools and
 reuses connections across threads, and its `Timeout` bounds the connect and every read
@@ -56,6 +57,22 @@ class HttpClient:
         if basic_auth is not None:
             headers.update(urllib3.make_headers(basic_auth=f"{basic_auth[0]}:{basic_auth[1]}"))
         return self._request("POST", url, headers=headers, fields=fields, encode_multipart=False)
+
+    def post_bytes(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST `body` and answer the status (the answer's body is read and dropped, up to a
+        limit); UpstreamUnavailable when nothing answered in time."""
+        trace = tracing.current()
+        if trace is not None:
+            headers = {**headers, "traceparent": trace.child().header()}
+        try:
+            response = self._manager().request("POST", url, body=body, headers=headers, preload_content=False)
+            try:
+                response.read(MAX_BODY_BYTES)
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.HTTPError as exc:
+            raise UpstreamUnavailable(f"POST {url}: {exc.__class__.__name__}") from None
+        return int(response.status)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         trace = tracing.current()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from common import metrics
+from common import metrics, processing
 from common.cas import BlobWriter
 from common.conditional import Content, HeaderLookup, Representation, evaluate
 from common.problems import (
@@ -85,7 +85,16 @@ def upload_multipart(
             size=staged.size,
             sha256=staged.sha256,
         )
-        return commit_blob(services, writer, staged.sha256, lambda scope: scope.insert(new))
+        record = commit_blob(services, writer, staged.sha256, lambda scope: ready(scope, scope.insert(new)))
+    processing.publish(services)
+    return record
+
+
+def ready(scope: DigestScope, record: MediaRecord) -> MediaRecord:
+    """A record just made ready, in its digest's transaction: an image also gets its processing
+    job and outbox row there (processing.py), so its commit cannot lose them."""
+    processing.enqueue_if_image(scope, record)
+    return record
 
 
 def commit_blob(
@@ -148,14 +157,19 @@ def delete(services: Services, principal: Principal, media_id: str) -> MediaReco
 
 def _unlink_if_unreferenced(services: Services, sha256: str) -> None:
     """The last record of a digest is gone (committed): its blob goes too, unless an upload of the
-    same bytes committed in between. Should this fail, the record is deleted all the same and the
+    same bytes committed in between; so do its processing job and variants, and each variant's
+    blob that nothing else uses. Should this fail, the record is deleted all the same and the
     reconciler removes the blob later (see maintenance.py)."""
     try:
         with services.repo.digest_scope(sha256) as scope:
+            released = scope.release_processing(sha256)  # its variants, with its last record
             if scope.references(sha256) == 0:
                 services.store.delete(sha256)
     except DatabaseUnavailable:
         log.warning("blob %s of a deleted record left for the reconciler", sha256)
+        return
+    for variant in released:
+        _unlink_if_unreferenced(services, variant)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,36 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from common.problems import DatabaseUnavailable
-from common.repository import DigestScope, ListQuery, MediaRecord, NewMedia, NewPending
+from common.repository import (
+    UPLOADED_EVENT,
+    DigestScope,
+    ImageJob,
+    ListQuery,
+    MediaRecord,
+    NewMedia,
+    NewPending,
+    OutboxEvent,
+    Outcome,
+    Processing,
+    VariantRow,
+    settled,
+)
+
+
+@dataclass
+class _Job:
+    content_type: str
+    state: str = "pending"
+    attempts: int = 0
+    due: float = 0.0  # time.monotonic()
+    lease_until: float | None = None
+    reason: str | None = None
+    made: Outcome | None = None
+    variants: dict[tuple[str, int], VariantRow] = field(default_factory=dict)
 
 
 class InMemoryMediaRepository:
@@ -29,6 +54,9 @@ class InMemoryMediaRepository:
         self.declared: dict[uuid.UUID, str | None] = {}
         self.task_runs: dict[str, float] = {}
         self.rates: dict[str, float] = {}
+        self.jobs: dict[tuple[str, int], _Job] = {}
+        self.outbox: list[OutboxEvent] = []
+        self.sent: set[int] = set()
         self.available = True
 
     def _check(self) -> None:
@@ -73,14 +101,18 @@ class InMemoryMediaRepository:
         finally:
             lock.release()
 
+    def _users(self) -> list[str]:
+        """Every digest in use, once per user: records, then variants."""
+        originals = [r.sha256 for r in self.rows.values() if r.sha256]
+        return originals + [v.sha256 for job in self.jobs.values() for v in job.variants.values()]
+
     def referenced(self, digests: Sequence[str]) -> set[str]:
         self._check()
-        wanted = set(digests)
-        return {r.sha256 for r in self.rows.values() if r.sha256 in wanted}
+        return set(digests) & set(self._users())
 
     def digests_after(self, after: str, limit: int) -> list[str]:
         self._check()
-        return sorted({r.sha256 for r in self.rows.values() if r.sha256 and r.sha256 > after})[:limit]
+        return sorted({d for d in self._users() if d > after})[:limit]
 
     def claim_task(self, task: str, every_seconds: float) -> bool:
         self._check()
@@ -165,6 +197,64 @@ class InMemoryMediaRepository:
                 del self.rows[r.id]
         return gone
 
+    def claim_job(self, lease_seconds: float, sha256: str | None = None) -> ImageJob | None:
+        self._check()
+        now = time.monotonic()
+        with self._guard:
+            due = [
+                (job.due, key)
+                for key, job in self.jobs.items()
+                if job.state == "pending"
+                and job.due <= now
+                and (job.lease_until is None or job.lease_until < now)
+                and (sha256 is None or key[0] == sha256)
+            ]
+            if not due:
+                return None
+            key = min(due)[1]
+            job = self.jobs[key]
+            job.attempts += 1
+            job.lease_until = now + lease_seconds
+            return ImageJob(key[0], key[1], job.content_type, job.attempts)
+
+    def finish_job(self, job: ImageJob, outcome: Outcome, max_attempts: int) -> str | None:
+        self._check()
+        state, reason, delay = settled(job, outcome, max_attempts)
+        with self._guard:
+            held = self.jobs.get((job.sha256, job.recipe))
+            if held is None or held.state != "pending" or held.attempts != job.attempts:
+                return None
+            held.state, held.reason, held.lease_until = state, reason, None
+            held.due = time.monotonic() + delay
+            if state == "done":
+                held.made = outcome
+            return state
+
+    def processing_of(self, sha256: str, recipe: int) -> Processing | None:
+        self._check()
+        job = self.jobs.get((sha256, recipe))
+        if job is None:
+            return None
+        made = job.made or Outcome(job.state)
+        variants = tuple(sorted(job.variants.values(), key=lambda v: (v.format, v.width)))
+        return Processing(
+            job.state,
+            job.reason,
+            made.width,
+            made.height,
+            made.blurhash,
+            made.dominant_color,
+            variants if job.state == "done" else (),
+        )
+
+    def unsent_events(self, limit: int) -> list[OutboxEvent]:
+        self._check()
+        return [e for e in self.outbox if e.id not in self.sent][:limit]
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        self._check()
+        self.sent.update(ids)
+
     def ping(self) -> None:
         self._check()
 
@@ -205,4 +295,32 @@ class _MemoryDigestScope:
 
     def references(self, sha256: str) -> int:
         self._repo._check()
-        return sum(1 for r in self._repo.rows.values() if r.sha256 == sha256)
+        return self._repo._users().count(sha256)
+
+    def enqueue_processing(self, sha256: str, recipe: int, content_type: str, media_id: uuid.UUID) -> None:
+        self._repo._check()
+        with self._repo._guard:
+            self._repo.jobs.setdefault((sha256, recipe), _Job(content_type))
+            data = {"id": str(media_id), "sha256": sha256, "content_type": content_type}
+            event_id = len(self._repo.outbox) + 1
+            self._repo.outbox.append(
+                OutboxEvent(event_id, UPLOADED_EVENT, str(media_id), data, datetime.now(UTC))
+            )
+
+    def release_processing(self, sha256: str) -> list[str]:
+        self._repo._check()
+        with self._repo._guard:
+            if any(r.sha256 == sha256 for r in self._repo.rows.values()):
+                return []
+            gone = [key for key in self._repo.jobs if key[0] == sha256]
+            digests = {v.sha256 for key in gone for v in self._repo.jobs.pop(key).variants.values()}
+        return sorted(digests)
+
+    def add_variant(self, sha256: str, recipe: int, variant: VariantRow) -> bool:
+        self._repo._check()
+        with self._repo._guard:
+            job = self._repo.jobs.get((sha256, recipe))
+            if job is None:
+                return False
+            job.variants[(variant.format, variant.width)] = variant
+            return True

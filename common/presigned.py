@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from common import processing
 from common.maintenance import upload_label
-from common.media import commit_blob
+from common.media import commit_blob, ready
 from common.problems import (
     BadRequest,
     BlobTooLarge,
@@ -145,9 +146,11 @@ def complete_upload(
                 raise UploadMismatch(
                     f"the content's SHA-256 is {staged.sha256}, not the signed {grant.sha256}"
                 )
-            return commit_blob(
+            record = commit_blob(
                 services, writer, staged.sha256, _completer(grant.media_id, staged.sha256, staged.size)
             )
+        processing.publish(services)
+        return record
     except UploadMismatch as exc:
         services.repo.fail(grant.media_id, str(exc))
         raise
@@ -161,7 +164,7 @@ def _completer(media_id: uuid.UUID, sha256: str, size: int) -> Callable[[DigestS
         done = scope.complete(media_id, sha256, size)
         if done is None:
             raise Gone("This upload was removed while its bytes were arriving; request a new URL")
-        return done
+        return ready(scope, done)
 
     return write
 

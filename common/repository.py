@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from psycopg.types.json import Jsonb
+
 from common.database import Database, DeadlineConnection, translate_errors
 
 STATUSES = ("pending", "ready", "failed")
+UPLOADED_EVENT = "media.uploaded"  # the CloudEvent type the outbox publishes
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,70 @@ class ListQuery:
     status: str | None = None
 
 
+@dataclass(frozen=True)
+class ImageJob:
+    """A claimed piece of the process function's work: one original, one recipe version."""
+
+    sha256: str
+    recipe: int
+    content_type: str
+    attempts: int  # including this one; also the claim's token (finish_job checks it)
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    format: str
+    width: int
+    height: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Processing:
+    """What `GET /media/{id}` says of an image's processing."""
+
+    state: str  # pending | done | failed
+    reason: str | None
+    width: int | None
+    height: int | None
+    blurhash: str | None
+    dominant_color: str | None
+    variants: tuple[VariantRow, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a claimed job ended: done (with what was made), failed for good, or to be retried."""
+
+    state: str  # done | failed | retry
+    reason: str | None = None
+    retry_after_seconds: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    blurhash: str | None = None
+    dominant_color: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    id: int
+    type: str
+    subject: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+def settled(job: ImageJob, outcome: Outcome, max_attempts: int) -> tuple[str, str | None, float]:
+    """(state, reason, delay before the next attempt) to record: a retry past `max_attempts` is a
+    failure for good (the dead letter), with the last reason."""
+    if outcome.state != "retry":
+        return outcome.state, outcome.reason, 0.0
+    if job.attempts >= max_attempts:
+        return "failed", f"gave up after {job.attempts} attempts: {outcome.reason}", 0.0
+    return "pending", outcome.reason, outcome.retry_after_seconds
+
+
 class DigestScope(Protocol):
     def insert(self, new: NewMedia) -> MediaRecord: ...
 
@@ -83,7 +150,20 @@ class DigestScope(Protocol):
     def delete(self, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
         """Delete the record if it still has digest `sha256` (None: no bytes yet); else None."""
 
-    def references(self, sha256: str) -> int: ...
+    def references(self, sha256: str) -> int:
+        """Records whose content is `sha256`, and variants whose bytes are: the blob's users."""
+
+    def enqueue_processing(self, sha256: str, recipe: int, content_type: str, media_id: uuid.UUID) -> None:
+        """The job for this original (unless one exists) and a `media.uploaded` outbox row, in the
+        transaction that makes the record ready."""
+
+    def release_processing(self, sha256: str) -> list[str]:
+        """When no record has this original any more: its jobs and variant rows go; returns the
+        variants' digests (their blobs may now be unreferenced)."""
+
+    def add_variant(self, sha256: str, recipe: int, variant: VariantRow) -> bool:
+        """Record a variant of the job (sha256, recipe); False when that job is gone (its original
+        was deleted meanwhile). Holds the job row (FOR SHARE) until the scope ends."""
 
 
 class MediaRepository(Protocol):
@@ -130,6 +210,20 @@ class MediaRepository(Protocol):
     def fail(self, media_id: uuid.UUID, reason: str) -> None: ...
 
     def remove_expired_pending(self, grace_seconds: int, limit: int = 100) -> list[MediaRecord]: ...
+
+    def claim_job(self, lease_seconds: float, sha256: str | None = None) -> ImageJob | None:
+        """The oldest due pending job (or this original's), leased for `lease_seconds`: nobody
+        else claims it until it is finished or the lease runs out (a worker that died)."""
+
+    def finish_job(self, job: ImageJob, outcome: Outcome, max_attempts: int) -> str | None:
+        """Record how the claimed job ended (`settled`): the state recorded, or None when the claim
+        was lost (another worker took it after the lease ran out)."""
+
+    def processing_of(self, sha256: str, recipe: int) -> Processing | None: ...
+
+    def unsent_events(self, limit: int) -> list[OutboxEvent]: ...
+
+    def mark_sent(self, ids: Sequence[int]) -> None: ...
 
     def ping(self) -> None: ...
 
@@ -186,10 +280,55 @@ class _PgDigestScope:
     def references(self, sha256: str) -> int:
         with translate_errors():
             row = self._conn.execute(
-                "SELECT count(*) AS n FROM media WHERE sha256 = %s", (sha256,)
+                "SELECT (SELECT count(*) FROM media WHERE sha256 = %s)"
+                " + (SELECT count(*) FROM image_variants WHERE variant_sha256 = %s) AS n",
+                (sha256, sha256),
             ).fetchone()
         assert row is not None
         return int(row["n"])
+
+    def enqueue_processing(self, sha256: str, recipe: int, content_type: str, media_id: uuid.UUID) -> None:
+        with translate_errors(), self._conn.transaction():
+            self._conn.execute(
+                "INSERT INTO image_jobs (sha256, recipe, content_type) VALUES (%s, %s, %s)"
+                " ON CONFLICT (sha256, recipe) DO NOTHING",
+                (sha256, recipe, content_type),
+            )
+            self._conn.execute(
+                "INSERT INTO outbox (type, subject, data) VALUES (%s, %s, %s)",
+                (
+                    UPLOADED_EVENT,
+                    str(media_id),
+                    Jsonb({"id": str(media_id), "sha256": sha256, "content_type": content_type}),
+                ),
+            )
+
+    def release_processing(self, sha256: str) -> list[str]:
+        with translate_errors(), self._conn.transaction():
+            held = self._conn.execute("SELECT 1 FROM media WHERE sha256 = %s LIMIT 1", (sha256,)).fetchone()
+            if held is not None:
+                return []
+            rows = self._conn.execute(
+                "DELETE FROM image_variants WHERE sha256 = %s RETURNING variant_sha256", (sha256,)
+            ).fetchall()
+            self._conn.execute("DELETE FROM image_jobs WHERE sha256 = %s", (sha256,))
+        return sorted({str(r["variant_sha256"]) for r in rows})
+
+    def add_variant(self, sha256: str, recipe: int, variant: VariantRow) -> bool:
+        with translate_errors(), self._conn.transaction():
+            job = self._conn.execute(
+                "SELECT 1 FROM image_jobs WHERE sha256 = %s AND recipe = %s FOR SHARE", (sha256, recipe)
+            ).fetchone()
+            if job is None:
+                return False
+            self._conn.execute(
+                "INSERT INTO image_variants (sha256, recipe, format, width, height, size, variant_sha256)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha256, recipe, format, width)"
+                " DO UPDATE SET height = EXCLUDED.height, size = EXCLUDED.size,"
+                " variant_sha256 = EXCLUDED.variant_sha256",
+                (sha256, recipe, variant.format, variant.width, variant.height, variant.size, variant.sha256),
+            )
+        return True
 
 
 class PgMediaRepository:
@@ -260,14 +399,19 @@ class PgMediaRepository:
     def referenced(self, digests: Sequence[str]) -> set[str]:
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT sha256 FROM media WHERE sha256 = ANY(%s)", (list(digests),)
+                "SELECT sha256 FROM media WHERE sha256 = ANY(%s)"
+                " UNION SELECT variant_sha256 FROM image_variants WHERE variant_sha256 = ANY(%s)",
+                (list(digests), list(digests)),
             ).fetchall()
         return {str(r["sha256"]) for r in rows}
 
     def digests_after(self, after: str, limit: int) -> list[str]:
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT DISTINCT sha256 FROM media WHERE sha256 > %s ORDER BY sha256 LIMIT %s", (after, limit)
+                "SELECT sha256 FROM (SELECT sha256 FROM media WHERE sha256 > %s"
+                " UNION SELECT variant_sha256 FROM image_variants WHERE variant_sha256 > %s) AS d"
+                " ORDER BY sha256 LIMIT %s",
+                (after, after, limit),
             ).fetchall()
         return [str(r["sha256"]) for r in rows]
 
@@ -364,6 +508,77 @@ class PgMediaRepository:
                 (grace_seconds, limit),
             ).fetchall()
         return [_record(r) for r in rows]
+
+    def claim_job(self, lease_seconds: float, sha256: str | None = None) -> ImageJob | None:
+        only = "AND sha256 = %(sha)s" if sha256 is not None else ""
+        with self._conn() as conn:
+            row = conn.execute(
+                "UPDATE image_jobs SET attempts = attempts + 1, updated_at = clock_timestamp(),"  # noqa: S608
+                " lease_until = clock_timestamp() + make_interval(secs => %(lease)s)"
+                " WHERE (sha256, recipe) = (SELECT sha256, recipe FROM image_jobs"
+                " WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
+                f" AND (lease_until IS NULL OR lease_until < clock_timestamp()) {only}"
+                " ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " RETURNING sha256, recipe, content_type, attempts",
+                {"lease": lease_seconds, "sha": sha256},
+            ).fetchone()
+        return ImageJob(**row) if row else None
+
+    def finish_job(self, job: ImageJob, outcome: Outcome, max_attempts: int) -> str | None:
+        state, reason, delay = settled(job, outcome, max_attempts)
+        with self._conn() as conn:
+            row = conn.execute(
+                "UPDATE image_jobs SET state = %(state)s, reason = %(reason)s, lease_until = NULL,"
+                " next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s),"
+                " width = COALESCE(%(width)s, width), height = COALESCE(%(height)s, height),"
+                " blurhash = COALESCE(%(blurhash)s, blurhash),"
+                " dominant_color = COALESCE(%(color)s, dominant_color), updated_at = clock_timestamp()"
+                " WHERE sha256 = %(sha)s AND recipe = %(recipe)s AND state = 'pending'"
+                " AND attempts = %(attempts)s RETURNING state",
+                {
+                    "state": state,
+                    "reason": reason,
+                    "delay": delay,
+                    "width": outcome.width,
+                    "height": outcome.height,
+                    "blurhash": outcome.blurhash,
+                    "color": outcome.dominant_color,
+                    "sha": job.sha256,
+                    "recipe": job.recipe,
+                    "attempts": job.attempts,
+                },
+            ).fetchone()
+        return str(row["state"]) if row else None
+
+    def processing_of(self, sha256: str, recipe: int) -> Processing | None:
+        with self._conn() as conn:
+            job = conn.execute(
+                "SELECT state, reason, width, height, blurhash, dominant_color FROM image_jobs"
+                " WHERE sha256 = %s AND recipe = %s",
+                (sha256, recipe),
+            ).fetchone()
+            if job is None:
+                return None
+            rows = conn.execute(
+                "SELECT format, width, height, size, variant_sha256 AS sha256 FROM image_variants"
+                " WHERE sha256 = %s AND recipe = %s ORDER BY format, width",
+                (sha256, recipe),
+            ).fetchall()
+        variants = tuple(VariantRow(**r) for r in rows) if job["state"] == "done" else ()
+        return Processing(**job, variants=variants)
+
+    def unsent_events(self, limit: int) -> list[OutboxEvent]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, type, subject, data, created_at FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY id LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [OutboxEvent(**r) for r in rows]
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY(%s)", (list(ids),))
 
     def ping(self) -> None:
         """One round trip, the checkout included, within `timeout_seconds` in all (readiness)."""

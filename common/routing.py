@@ -30,6 +30,7 @@ class Route:
     cors_allow_headers: tuple[str, ...] = ()  # OPTIONS: request headers the preflight allows
     scopes: tuple[str, ...] = ()  # what a bearer token needs for it (OpenAPI `security`)
     rate_limited: bool = False  # counts against the per-client-IP limit
+    internal: bool = False  # called inside the cluster (Knative Eventing), never routed by the ingress
 
     @property
     def rule(self) -> str:
@@ -102,6 +103,7 @@ def routes() -> tuple[Route, ...]:
                     probe=bool(op.get("x-probe", False)),
                     cors_allow_headers=tuple(op.get("x-cors-allow-headers", ())),
                     rate_limited=bool(op.get("x-rate-limited", False)),
+                    internal=bool(op.get("x-internal", False)),
                     scopes=tuple(
                         scope
                         for requirement in op.get("security", ())
@@ -137,6 +139,11 @@ def function_settings(name: str) -> FunctionSettings:
     )
 
 
+def public_routes() -> tuple[Route, ...]:
+    """What the ingress routes: every route but the internal ones."""
+    return tuple(r for r in routes() if not r.internal)
+
+
 def routes_served_by(function: str) -> tuple[Route, ...]:
     """What a function's process answers: its own routes plus the probe routes."""
     return tuple(r for r in routes() if r.function == function or r.probe)
@@ -160,10 +167,12 @@ def url_map(table: tuple[Route, ...]) -> Map:
     )
 
 
-def ingress_map() -> Map:
-    """What the ingress does: (method, path) to the owning function's name."""
+def ingress_map(internal: bool = False) -> Map:
+    """What the ingress does: (method, path) to the owning function's name (`internal`: also the
+    routes only the cluster calls, for `make run`'s router, which stands in for both)."""
+    table = routes() if internal else public_routes()
     return Map(
-        [Rule(r.rule, methods=[r.method], endpoint=r.function) for r in routes()],
+        [Rule(r.rule, methods=[r.method], endpoint=r.function) for r in table],
         strict_slashes=False,
         merge_slashes=False,
         converters={"uuid_text": UuidText},

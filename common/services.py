@@ -13,12 +13,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from common.cas import BlobStore, LocalBlobStore
 from common.config import Config, ConfigError
 from common.database import conninfo_problem
+from common.events import EventSink, HttpSink, NoSink, overrides_from
 from common.httpclient import HttpClient
 from common.maintenance import start_maintenance
 from common.oidc import Introspector, KeySet, ProviderMetadata, fixed
@@ -39,6 +40,7 @@ class Services:
     verifier: TokenVerifier
     keys: KeyRing  # signs presigned upload URLs and download links
     clock: Callable[[], float] = time.time
+    events: EventSink = field(default_factory=NoSink)  # the outbox's CloudEvents go here (K_SINK)
 
     @cached_property
     def limiter(self) -> RateLimiter:
@@ -91,7 +93,12 @@ def build_services(config: Config, *, background: bool = True) -> Services:
     )
     verifier = build_verifier(config)
     keys = KeyRing(config.require_presign_secret(), config.presign_previous_secret)
-    services = Services(config=config, store=store, repo=repo, verifier=verifier, keys=keys)
+    events: EventSink = NoSink()
+    if config.event_sink:
+        events = HttpSink(
+            config.event_sink, config.event_timeout_seconds, overrides_from(config.event_overrides)
+        )
+    services = Services(config=config, store=store, repo=repo, verifier=verifier, keys=keys, events=events)
     if background:
         start_maintenance(config, store, repo)
     return services

@@ -136,15 +136,21 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 JSON_BODY_LIMIT = 16 * 1024
 
 
+def read_small_body(request: Request, limit: int = JSON_BODY_LIMIT) -> bytes:
+    """A small request body (JSON, a CloudEvent), read with a bound: 413 over `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The body is limited to {limit} bytes", limit=limit)
+    raw = read_body(request.stream, limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The body is limited to {limit} bytes", limit=limit)
+    return raw
+
+
 def read_json(request: Request, limit: int = JSON_BODY_LIMIT) -> Any:
     """A small JSON request body, read with a bound (never `request.get_json()` on untrusted sizes)."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send Content-Type: application/json")
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The JSON body is limited to {limit} bytes", limit=limit)
-    raw = read_body(request.stream, limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"The JSON body is limited to {limit} bytes", limit=limit)
+    raw = read_small_body(request, limit)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -338,9 +338,9 @@ class Match:
 
 def matches_of(function: str) -> list[Match]:
     """Every (method, path) of the routing table this function serves; GET routes answer HEAD too."""
-    explicit = {(route.method, route.path) for route in routing.routes()}
+    explicit = {(route.method, route.path) for route in routing.public_routes()}
     found: list[Match] = []
-    for route in routing.routes():
+    for route in routing.public_routes():
         if route.function != function:
             continue
         methods = [route.method]
@@ -742,7 +742,14 @@ BASE_FILES: list[tuple[str, Any]] = [
             [knative_service(p) for p in PLANS.values()], [f"{p.name}: {p.why}" for p in PLANS.values()]
         ),
     ),
-    ("routes.yaml", lambda: _dump([*(http_route(p) for p in PLANS.values()), reference_grant()])),
+    # A function with no public route (process) gets no HTTPRoute: one with no matches would match
+    # every request.
+    (
+        "routes.yaml",
+        lambda: _dump(
+            [*(http_route(p) for p in PLANS.values() if matches_of(p.function)), reference_grant()]
+        ),
+    ),
     ("monitoring.yaml", lambda: _dump([pod_monitor()])),
 ]
 

@@ -44,7 +44,7 @@ def route_maps() -> str:
     """The `map` blocks: "METHOD /path" -> upstream, and /path -> the methods it allows."""
     by_path: dict[str, set[str]] = defaultdict(set)
     lines = ['map "$request_method $uri" $media_route {']
-    for route in routing.routes():
+    for route in routing.public_routes():
         methods = {route.method} | ({"HEAD"} if route.method == "GET" else set())
         by_path[route.path] |= methods
         for method in sorted(methods):

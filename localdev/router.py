@@ -66,7 +66,7 @@ def build_router(apps: dict[str, WsgiApp], demo: Demo | None = None) -> WsgiApp:
     missing = set(routing.functions()) - set(apps)
     if missing:
         raise RuntimeError(f"the routing table names functions with no main.py: {sorted(missing)}")
-    ingress = routing.ingress_map()
+    ingress = routing.ingress_map(internal=True)  # the cluster's own calls too: one process here
 
     def router(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from werkzeug.test import Client
 
 from common.config import Config
@@ -46,6 +50,20 @@ def config_for(pg: support.RunningPostgres, tmp_path: Path) -> Callable[..., Con
         return support.make_config(tmp_path / "data", pg.url, **overrides)
 
     return make
+
+
+@pytest.fixture
+def own_database(pg: support.RunningPostgres) -> Iterator[str]:
+    """A database of the test's own, migrated, for tests that walk every row (the store migration,
+    the processing drain)."""
+    name = "mig_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg.url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(pg.url, dbname=name)
+    migrate(url)
+    yield url
+    with psycopg.connect(pg.url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -30,7 +31,7 @@ PUBLIC_BASE = "http://media.test"
 
 def memory_services(clock: Callable[[], float] | None = None, **env: str) -> Services:
     """Services with the in-memory repository and blob store, for unit tests of the use cases."""
-    extra = {} if clock is None else {"clock": clock}
+    extra: dict[str, Any] = {} if clock is None else {"clock": clock}
     return Services(
         config=Config.from_env({"MEDIA_JWT_SECRET": TEST_SECRET, **env}),
         store=InMemoryBlobStore(),

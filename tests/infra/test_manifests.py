@@ -236,12 +236,12 @@ def test_every_operation_reaches_its_function_and_nothing_else_is_routed(overlay
     docs = rendered(overlay)
     send = _istio_routes(docs) if overlay.endswith("istio") else _gateway_routes(docs)
     services = {d["metadata"]["name"]: d for d in of_kind(docs, "Service")}
-    for route in routing.routes():
+    for route in routing.public_routes():
         path = _example_path(route.path)
         methods = [route.method] + (["HEAD"] if route.method == "GET" else [])
         for method in methods:
             if method == "HEAD" and any(
-                r.method == "HEAD" and r.path == route.path for r in routing.routes()
+                r.method == "HEAD" and r.path == route.path for r in routing.public_routes()
             ):
                 continue
             hosts = send(method, path)
@@ -262,8 +262,8 @@ def test_every_operation_reaches_its_function_and_nothing_else_is_routed(overlay
 
 def test_only_the_routing_table_is_in_the_routes() -> None:
     table = {(m.method, m.path) for plan in plans.PLANS.values() for m in manifests.matches_of(plan.function)}
-    expected = {(r.method, r.path) for r in routing.routes()}
-    expected |= {("HEAD", r.path) for r in routing.routes() if r.method == "GET"}
+    expected = {(r.method, r.path) for r in routing.public_routes()}
+    expected |= {("HEAD", r.path) for r in routing.public_routes() if r.method == "GET"}
     assert table == expected
 
 
@@ -445,6 +445,8 @@ OPTIONAL = {
 PLATFORM = {
     "PORT": "Knative sets it",
     "K_REVISION": "Knative sets it",
+    "K_SINK": "a SinkBinding sets it (unset: the drain finds the work)",
+    "K_CE_OVERRIDES": "a SinkBinding sets it",
     "PGPASSWORD": "libpq reads it (CloudNativePG's Secret)",
     "FUNCTION_TARGET": "the image sets it",
     "FUNCTION_SOURCE": "the image sets it",

@@ -16,43 +16,26 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from common import media, migrate_store
 from common.cas import BlobStore, LocalBlobStore
-from common.migrate import migrate
 from common.repository import ListQuery, MediaRecord
 from common.services import Services, build_services, build_store
 from common.tokens import DELETE, READ, WRITE, Principal
 from localdev.harness import RunningS3
 from tests.conftest import s3_env
 from tests.factories import png, upload_body
-from tests.support import ROOT, RunningPostgres, make_config, service_env, stored_blobs
+from tests.support import ROOT, make_config, service_env, stored_blobs
 
 
 @pytest.fixture
-def database(pg: RunningPostgres) -> Iterator[str]:
-    """A database of the test's own: the migration walks every record of it."""
-    name = "mig_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg.url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(pg.url, dbname=name)
-    migrate(url)
-    yield url
-    with psycopg.connect(pg.url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def on_fs(database: str, tmp_path: Path, s3: RunningS3) -> Iterator[Services]:
+def on_fs(own_database: str, tmp_path: Path, s3: RunningS3) -> Iterator[Services]:
     """The service on the volume, configured for a bucket too (the migration's destination)."""
     svc = build_services(
         make_config(
             tmp_path / "data",
-            database,
+            own_database,
             MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE="0",
             **{**s3_env(s3), "MEDIA_STORAGE": "fs"},
         ),

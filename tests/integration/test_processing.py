@@ -1,0 +1,178 @@
+"""The process function's use cases against real PostgreSQL (a database of the test's own, so the
+drain sees only this test's work) and a real store (the volume, or a bucket on moto's S3 server):
+once per distinct original, nothing lost when an event is, one worker per job, failures recorded
+with the worker alive, and variants released with their original's last record."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common import imaging, media, processing
+from common.config import Config
+from common.events import DRAIN_EVENT, Received, RecordingSink
+from common.repository import UPLOADED_EVENT, MediaRecord
+from common.services import Services, build_services
+from common.tokens import DELETE, READ, WRITE, Principal
+from tests import support
+from tests.conftest import s3_env
+from tests.factories import photo, png_declaring, upload_body
+
+
+@pytest.fixture(params=["fs", "s3"])
+def svc(request: pytest.FixtureRequest, own_database: str, tmp_path: Path) -> Iterator[Services]:
+    env = s3_env(request.getfixturevalue("s3")) if request.param == "s3" else {}
+    config: Config = support.make_config(
+        tmp_path / "data", own_database, MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE="0", **env
+    )
+    services = build_services(config, background=False)
+    yield services
+    services.repo.close()
+
+
+def person() -> Principal:
+    return Principal("p-" + uuid.uuid4().hex[:10], frozenset({READ, WRITE, DELETE}))
+
+
+def upload(services: Services, data: bytes, who: Principal | None = None) -> MediaRecord:
+    body, ctype = upload_body(data, "photo.jpg")
+    return media.upload_multipart(services, who or person(), io.BytesIO(body), ctype)
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the real renders (each one a child process), by the size of the original."""
+    made: list[int] = []
+    real = imaging.render_isolated
+
+    def counted(data: bytes, workdir: Path, limits: imaging.Limits = imaging.Limits()) -> imaging.Rendition:  # noqa: B008
+        made.append(len(data))
+        return real(data, workdir, limits)
+
+    monkeypatch.setattr(imaging, "render_isolated", counted)
+    return made
+
+
+def test_fifty_users_uploading_one_photo_cause_one_processing_run(svc: Services, renders: list[int]) -> None:
+    data = photo(1000, 750)
+    records = [upload(svc, data) for _ in range(5)]  # five is fifty, for the job's key
+    events = svc.repo.unsent_events(100)
+    assert [e.subject for e in events] == [str(r.id) for r in records]  # one event per record
+    for event in events:  # the events all arrive (at least once: here, each twice)
+        for _ in range(2):
+            processing.handle(svc, Received(UPLOADED_EVENT, f"outbox-{event.id}", event.data))
+    assert len(renders) == 1
+    state = svc.repo.processing_of(records[0].sha256 or "", imaging.RECIPE)
+    assert state is not None and state.state == "done" and (state.width, state.height) == (1000, 750)
+    assert {(v.format, v.width) for v in state.variants} >= {("avif", 640), ("webp", 320), ("jpeg", 1000)}
+    for v in state.variants:
+        with svc.store.open(v.sha256) as f:
+            assert f.read(4)  # each variant is a blob of the store
+
+
+def test_an_event_that_never_arrives_is_processed_by_the_drain(svc: Services, renders: list[int]) -> None:
+    svc = dataclasses.replace(svc, events=RecordingSink([], refuse=True))  # the broker is down
+    record = upload(svc, photo(800, 600))
+    assert svc.repo.unsent_events(10)  # the event waits in the outbox
+    drained = processing.handle(svc, Received(DRAIN_EVENT, "ping-1", {}))
+    assert drained.done == 1 and drained.published == 0 and len(renders) == 1
+    state = svc.repo.processing_of(record.sha256 or "", imaging.RECIPE)
+    assert state is not None and state.state == "done"
+    back = RecordingSink([])
+    svc = dataclasses.replace(svc, events=back)  # the broker is back: the drain delivers what waited
+    assert processing.drain(svc).published == 1
+    assert [e.type for e in back.accepted] == [UPLOADED_EVENT]
+    assert svc.repo.unsent_events(10) == []
+
+
+def test_two_workers_draining_at_once_process_each_job_exactly_once(
+    svc: Services, renders: list[int]
+) -> None:
+    originals = [photo(700 + 10 * i, 500) for i in range(4)]
+    for data in originals:
+        upload(svc, data)
+    results: list[processing.Drained] = []
+    start = threading.Barrier(2)
+
+    def worker() -> None:
+        start.wait(10)
+        results.append(processing.drain(svc))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(renders) == sorted(len(d) for d in originals)  # each original rendered once
+    assert sum(r.done for r in results) == 4 and sum(r.lost for r in results) == 0
+
+
+def test_a_bomb_and_a_truncated_jpeg_end_failed_and_the_worker_goes_on(svc: Services) -> None:
+    bomb = upload(svc, png_declaring(100_000, 100_000))
+    whole = photo(900, 600)
+    broken = upload(svc, whole[: len(whole) // 2])
+    fine = upload(svc, photo(640, 480))
+    drained = processing.drain(svc)
+    assert (drained.failed, drained.done) == (2, 1)
+    for record, reason in ((bomb, "over the limit"), (broken, "decode")):
+        state = svc.repo.processing_of(record.sha256 or "", imaging.RECIPE)
+        assert state is not None and state.state == "failed" and reason in (state.reason or "")
+        assert state.variants == ()
+    state = svc.repo.processing_of(fine.sha256 or "", imaging.RECIPE)
+    assert state is not None and state.state == "done"
+
+
+def test_deleting_the_last_record_releases_the_variants(svc: Services) -> None:
+    data = photo(900, 600)
+    alice, bob = person(), person()
+    first, second = upload(svc, data, alice), upload(svc, data, bob)
+    processing.drain(svc)
+    state = svc.repo.processing_of(first.sha256 or "", imaging.RECIPE)
+    assert state is not None and state.variants
+    blobs = [v.sha256 for v in state.variants]
+    media.delete(svc, alice, str(first.id))
+    assert all(svc.store.exists(b) for b in blobs)  # bob's record still has them
+    media.delete(svc, bob, str(second.id))
+    assert svc.repo.processing_of(first.sha256 or "", imaging.RECIPE) is None
+    assert not any(svc.store.exists(b) for b in blobs)
+    assert not svc.store.exists(first.sha256 or "")
+
+
+def test_a_store_outage_is_retried_with_backoff_then_recorded_failed(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common.problems import StorageUnavailable
+
+    upload(svc, photo(640, 480))
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailable("the store is down")
+
+    monkeypatch.setattr(svc.store, "open", down)
+    outcomes: list[str] = []
+    for _ in range(svc.config.process_max_attempts):
+        job = svc.repo.claim_job(60)
+        assert job is not None  # due again at once: the test does not wait out the backoff
+        outcomes.append(processing.run(svc, job))
+        _make_due_now(svc)
+    assert outcomes == ["retried"] * (svc.config.process_max_attempts - 1) + ["failed"]
+    assert svc.repo.claim_job(60) is None
+
+
+def _make_due_now(svc: Services) -> None:
+    import psycopg
+
+    with psycopg.connect(svc.config.require_database_url(), autocommit=True) as conn:
+        conn.execute("UPDATE image_jobs SET next_attempt_at = now() WHERE state = 'pending'")
+
+
+def test_the_backoff_doubles_and_is_capped() -> None:
+    assert [processing.backoff(n) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
+    assert processing.backoff(30) == 3600
