@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from common import metrics, processing
+from common import imaging, metrics, processing
 from common.cas import BlobWriter
 from common.conditional import Content, HeaderLookup, Representation, evaluate
 from common.problems import (
@@ -301,10 +301,12 @@ def content_link(services: Services, media_id: uuid.UUID) -> str:
     return f"{services.config.public_base_url}/media/{media_id}/content?expires={expires}&sig={sig}"
 
 
-def to_json(services: Services, record: MediaRecord) -> dict[str, Any]:
+def to_json(services: Services, record: MediaRecord, *, processing: bool = False) -> dict[str, Any]:
+    """The record as the API shows it; `processing` (GET /media/{id}): with what the process
+    function made of an image (one more query, so not for every item of a list)."""
     self_link = f"{services.config.public_base_url}/media/{record.id}"
     content = content_link(services, record.id)
-    return {
+    doc = {
         "id": str(record.id),
         "filename": record.filename,
         "content_type": record.content_type,
@@ -317,4 +319,30 @@ def to_json(services: Services, record: MediaRecord) -> dict[str, Any]:
         "owner": record.owner,
         "url": content,
         "links": {"self": self_link, "content": content},
+    }
+    if processing:
+        doc.update(processing_json(services, record))
+    return doc
+
+
+def processing_json(services: Services, record: MediaRecord) -> dict[str, Any]:
+    """`processing` (null for media that are not processed), the image's upright `width`/`height`,
+    `blurhash`, `dominant_color` and its `variants` (empty until done)."""
+    state = None
+    if record.sha256 is not None and record.content_type in imaging.PROCESSABLE:
+        state = services.repo.processing_of(record.sha256, imaging.RECIPE)
+    if state is None:
+        empty: dict[str, Any] = {"processing": None, "processing_reason": None, "variants": []}
+        return {**empty, "width": None, "height": None, "blurhash": None, "dominant_color": None}
+    return {
+        "processing": state.state,
+        "processing_reason": state.reason,
+        "width": state.width,
+        "height": state.height,
+        "blurhash": state.blurhash,
+        "dominant_color": state.dominant_color,
+        "variants": [
+            {"format": v.format, "width": v.width, "height": v.height, "size": v.size, "sha256": v.sha256}
+            for v in state.variants
+        ],
     }

@@ -25,7 +25,7 @@ def list_media(request: Request, services: Services) -> Response:
 @routes.operation("getMedia")
 def get_media(request: Request, services: Services, id: str) -> Response:
     record = media.get(services, web.authenticate(request, services), id)
-    return web.json_response(media.to_json(services, record))
+    return web.json_response(media.to_json(services, record, processing=True))
 
 
 @routes.operation("getMediaContent", "headMediaContent")

@@ -176,3 +176,26 @@ def _make_due_now(svc: Services) -> None:
 def test_the_backoff_doubles_and_is_capped() -> None:
     assert [processing.backoff(n) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
     assert processing.backoff(30) == 3600
+
+
+def test_get_media_shows_the_processing_its_size_placeholder_and_variants(svc: Services) -> None:
+    from tests.factories import bearer, pdf, token
+
+    api = support.api_client(svc)
+    owner = "viewer-" + uuid.uuid4().hex[:8]
+    auth = bearer(token(owner))
+    body, ctype = upload_body(photo(1000, 750, rotated=True), "phone.jpg")
+    created = api.post("/media", data=body, content_type=ctype, headers=auth).get_json()
+    before = api.get(f"/media/{created['id']}", headers=auth).get_json()
+    assert before["processing"] == "pending" and before["variants"] == [] and before["width"] is None
+    processing.drain(svc)
+    after = api.get(f"/media/{created['id']}", headers=auth).get_json()
+    assert after["processing"] == "done" and after["processing_reason"] is None
+    assert (after["width"], after["height"]) == (1000, 750)  # upright
+    assert after["blurhash"] and after["dominant_color"].startswith("#")
+    assert {(v["format"], v["width"]) for v in after["variants"]} >= {("avif", 640), ("webp", 320)}
+    assert "processing" not in api.get("/media", headers=auth).get_json()["items"][0]  # lists stay lean
+    body, ctype = upload_body(pdf(), "recipe.pdf")
+    document = api.post("/media", data=body, content_type=ctype, headers=auth).get_json()
+    shown = api.get(f"/media/{document['id']}", headers=auth).get_json()
+    assert shown["processing"] is None and shown["variants"] == []
