@@ -53,7 +53,18 @@ def test_upload_png_jpeg_pdf(api: Client, services: Services, make: Any, kind: s
         assert stored.read() == data
     got = api.get(f"/media/{doc['id']}", headers=bearer(tok)).get_json()
     unsigned = {k: v for k, v in doc.items() if k not in ("url", "links")}
-    assert {k: v for k, v in got.items() if k not in ("url", "links")} == unsigned
+    assert {k: v for k, v in got.items() if k in unsigned} == unsigned
+    # GET alone adds what the process function made: images start pending, a PDF is not processed
+    assert got["processing"] == (None if kind == "application/pdf" else "pending")
+    assert set(got) - set(doc) == {
+        "processing",
+        "processing_reason",
+        "width",
+        "height",
+        "blurhash",
+        "dominant_color",
+        "variants",
+    }
 
 
 def test_identical_bytes_twice_keep_one_blob(api: Client, services: Services) -> None:
