@@ -67,6 +67,7 @@ class Content:
     # Where the client may fetch the bytes itself instead (an object store's presigned GET, given
     # the Content-Type, Content-Disposition and Cache-Control it must answer with), or None.
     redirect: Callable[[str, str, str], str | None] | None = None
+    vary: str | None = None  # the request headers the choice of representation depended on
 
 
 def parse_etags(value: str) -> list[tuple[bool, str]] | None:

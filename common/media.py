@@ -38,6 +38,7 @@ from typing import IO, Any
 from common import imaging, metrics, processing
 from common.cas import BlobWriter
 from common.conditional import Content, HeaderLookup, Representation, evaluate
+from common.negotiation import Wanted, choose
 from common.problems import (
     BadRequest,
     BlobMissing,
@@ -243,14 +244,25 @@ def list_media(services: Services, principal: Principal, args: Mapping[str, str]
 
 
 def read_content(
-    services: Services, principal: Principal, media_id: str, method: str, headers: HeaderLookup
+    services: Services,
+    principal: Principal,
+    media_id: str,
+    method: str,
+    headers: HeaderLookup,
+    want: Wanted = Wanted(),  # noqa: B008 - frozen
 ) -> Content:
     require_scope(principal, READ)
-    return _content(services, _visible(services, principal, media_id), method, headers)
+    return _content(services, _visible(services, principal, media_id), method, headers, want)
 
 
 def read_signed_content(
-    services: Services, media_id: str, expires: str, sig: str, method: str, headers: HeaderLookup
+    services: Services,
+    media_id: str,
+    expires: str,
+    sig: str,
+    method: str,
+    headers: HeaderLookup,
+    want: Wanted = Wanted(),  # noqa: B008 - frozen
 ) -> Content:
     """Through a signed download link (`<img src>` cannot send a bearer token): no token needed."""
     try:
@@ -261,37 +273,67 @@ def read_signed_content(
     record = services.repo.get(key)
     if record is None:
         raise NotFound("No such media")
-    return _content(services, record, method, headers)
+    return _content(services, record, method, headers, want)
 
 
-def _content(services: Services, record: MediaRecord, method: str, headers: HeaderLookup) -> Content:
+@dataclass(frozen=True)
+class _Bytes:
+    """What a content request is answered with: the original, or one of its variants."""
+
+    sha256: str
+    size: int
+    content_type: str
+    filename: str
+    vary: str | None
+
+
+def _representation(services: Services, record: MediaRecord, want: Wanted, accept: str | None) -> _Bytes:
+    assert record.sha256 is not None
+    original = _Bytes(record.sha256, record.size, record.content_type, record.filename, None)
+    if not want.any or record.content_type not in imaging.PROCESSABLE:
+        return original
+    state = services.repo.processing_of(record.sha256, imaging.RECIPE)
+    choice = choose(state.variants if state else (), record.content_type, want, accept)
+    vary = "Accept" if choice.vary_accept else None
+    v = choice.variant
+    if v is None:
+        return _Bytes(original.sha256, original.size, original.content_type, original.filename, vary)
+    stem = record.filename.rsplit(".", 1)[0] or "image"
+    return _Bytes(v.sha256, v.size, imaging.FORMATS[v.format], f"{stem}-{v.width}.{v.format}", vary)
+
+
+def _content(
+    services: Services, record: MediaRecord, method: str, headers: HeaderLookup, want: Wanted
+) -> Content:
     if record.status != "ready" or record.sha256 is None:
         raise NotFound(f"The content of this media is not available (status: {record.status})")
-    rep = Representation(etag=record.sha256, last_modified=record.created_at, size=record.size)
+    chosen = _representation(services, record, want, headers.get("Accept"))
+    # Each representation has its own strong ETag (its bytes' digest), so a 304 is per variant.
+    rep = Representation(etag=chosen.sha256, last_modified=record.created_at, size=chosen.size)
     decision = evaluate(method, headers, rep)
     file = None
-    sha256 = record.sha256
+    sha256 = chosen.sha256
     if services.config.storage == "s3" and services.config.s3_download == "redirect":
         # The bytes bypass the function: the access checks are done, the client gets a short-lived
         # presigned GET (Range and all), which answers with the same headers as ours.
         def redirect(content_type: str, disposition: str, cache_control: str) -> str | None:
             return services.store.download_url(sha256, content_type, disposition, cache_control)
 
-        return Content(rep, decision, None, record.content_type, record.filename, redirect)
+        return Content(rep, decision, None, chosen.content_type, chosen.filename, redirect, chosen.vary)
     try:
         if method == "GET" and decision.status in (200, 206):
-            file = services.store.open(record.sha256, decision.start, decision.length)
-        elif decision.status in (200, 206) and not services.store.exists(record.sha256):
-            raise BlobMissing(record.sha256)  # HEAD must not promise bytes GET cannot send
+            file = services.store.open(sha256, decision.start, decision.length)
+        elif decision.status in (200, 206) and not services.store.exists(sha256):
+            raise BlobMissing(sha256)  # HEAD must not promise bytes GET cannot send
     except BlobMissing:
         log.error(
             "media %s (owner %s) references blob %s, which the store does not have",
             record.id,
             record.owner,
-            record.sha256,
+            sha256,
         )
         raise
-    return Content(rep, decision, file, record.content_type, record.filename)
+    return Content(rep, decision, file, chosen.content_type, chosen.filename, vary=chosen.vary)
 
 
 def content_link(services: Services, media_id: uuid.UUID) -> str:
@@ -332,8 +374,23 @@ def processing_json(services: Services, record: MediaRecord) -> dict[str, Any]:
     if record.sha256 is not None and record.content_type in imaging.PROCESSABLE:
         state = services.repo.processing_of(record.sha256, imaging.RECIPE)
     if state is None:
-        empty: dict[str, Any] = {"processing": None, "processing_reason": None, "variants": []}
+        empty: dict[str, Any] = {"processing": None, "processing_reason": None, "variants": [], "srcset": {}}
         return {**empty, "width": None, "height": None, "blurhash": None, "dominant_color": None}
+    link = content_link(services, record.id)
+    variants = [
+        {
+            "format": v.format,
+            "width": v.width,
+            "height": v.height,
+            "size": v.size,
+            "sha256": v.sha256,
+            "url": f"{link}&w={v.width}&format={v.format}",
+        }
+        for v in state.variants
+    ]
+    srcset: dict[str, list[str]] = {}
+    for row, doc in sorted(zip(state.variants, variants, strict=True), key=lambda pair: pair[0].width):
+        srcset.setdefault(row.format, []).append(f"{doc['url']} {row.width}w")
     return {
         "processing": state.state,
         "processing_reason": state.reason,
@@ -341,8 +398,6 @@ def processing_json(services: Services, record: MediaRecord) -> dict[str, Any]:
         "height": state.height,
         "blurhash": state.blurhash,
         "dominant_color": state.dominant_color,
-        "variants": [
-            {"format": v.format, "width": v.width, "height": v.height, "size": v.size, "sha256": v.sha256}
-            for v in state.variants
-        ],
+        "variants": variants,
+        "srcset": {fmt: ", ".join(entries) for fmt, entries in srcset.items()},
     }

@@ -225,6 +225,8 @@ def content_response(content: Content, request: Request) -> Response:
         "X-Content-Type-Options": "nosniff",
         "Content-Security-Policy": "sandbox; default-src 'none'",
     }
+    if content.vary:
+        headers["Vary"] = content.vary  # on a 304 too: it describes the 200 it stands for
     note(request, sha256=rep.etag, size=decision.length)
     if decision.status == 304:
         return Response(status=304, headers=headers)

@@ -6,7 +6,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common import health, media, web
+from common import health, media, negotiation, web
 from common.services import Services, default_provider
 
 routes = web.Routes("download")
@@ -31,13 +31,14 @@ def get_media(request: Request, services: Services, id: str) -> Response:
 @routes.operation("getMediaContent", "headMediaContent")
 def get_content(request: Request, services: Services, id: str) -> Response:
     link = media.signed_link_of(request.args)
+    want = negotiation.wanted(request.args)  # ?w= and ?format=: a variant of an image
     if link is not None:  # a signed link, e.g. from <img src>: no bearer token
         expires, sig = link
-        content = media.read_signed_content(services, id, expires, sig, request.method, request.headers)
+        content = media.read_signed_content(services, id, expires, sig, request.method, request.headers, want)
         web.note(request, signed_link=True)
     else:
         principal = web.authenticate(request, services)
-        content = media.read_content(services, principal, id, request.method, request.headers)
+        content = media.read_content(services, principal, id, request.method, request.headers, want)
     return web.content_response(content, request)
 
 

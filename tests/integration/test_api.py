@@ -64,6 +64,7 @@ def test_upload_png_jpeg_pdf(api: Client, services: Services, make: Any, kind: s
         "blurhash",
         "dominant_color",
         "variants",
+        "srcset",
     }
 
 

@@ -199,3 +199,42 @@ def test_get_media_shows_the_processing_its_size_placeholder_and_variants(svc: S
     document = api.post("/media", data=body, content_type=ctype, headers=auth).get_json()
     shown = api.get(f"/media/{document['id']}", headers=auth).get_json()
     assert shown["processing"] is None and shown["variants"] == []
+
+
+def test_variants_are_served_by_width_format_and_accept_each_with_its_own_etag(svc: Services) -> None:
+    from tests.factories import bearer, token
+
+    api = support.api_client(svc)
+    owner = "shown-" + uuid.uuid4().hex[:8]
+    auth = bearer(token(owner))
+    original = photo(1400, 1050)
+    body, ctype = upload_body(original, "dinner.jpg")
+    created = api.post("/media", data=body, content_type=ctype, headers=auth).get_json()
+    content = f"/media/{created['id']}/content"
+    early = api.get(content + "?w=640", headers={**auth, "Accept": "image/avif"})
+    assert early.status_code == 200 and early.data == original  # not made yet: the original
+    assert early.headers["Vary"] == "Accept"
+    processing.drain(svc)
+    doc = api.get(f"/media/{created['id']}", headers=auth).get_json()
+    made = {(v["format"], v["width"]): v for v in doc["variants"]}
+
+    webp = api.get(content + "?w=600&format=webp", headers=auth)
+    assert webp.status_code == 200 and webp.headers["Content-Type"] == "image/webp"
+    assert webp.headers["ETag"] == f'"{made["webp", 640]["sha256"]}"' and "Vary" not in webp.headers
+    assert webp.data.startswith(b"RIFF") and len(webp.data) == made["webp", 640]["size"]
+    for accept, kind in (
+        ("image/avif,image/webp,*/*;q=0.8", "image/avif"),
+        ("image/webp,*/*", "image/webp"),
+        ("*/*", "image/jpeg"),  # the original's own type: the 1280 JPEG variant
+    ):
+        answer = api.get(content + "?w=1000", headers={**auth, "Accept": accept})
+        assert answer.headers["Content-Type"] == kind and answer.headers["Vary"] == "Accept", accept
+        etag = answer.headers["ETag"]
+        again = api.get(content + "?w=1000", headers={**auth, "Accept": accept, "If-None-Match": etag})
+        assert again.status_code == 304 and again.headers["Vary"] == "Accept"
+    plain = api.get(content, headers={**auth, "Accept": "image/avif"})
+    assert plain.data == original and "Vary" not in plain.headers  # no w, no format: the original
+    signed = api.get(made["avif", 320]["url"].removeprefix(svc.config.public_base_url))
+    assert signed.status_code == 200 and signed.headers["Content-Type"] == "image/avif"  # no token
+    assert doc["srcset"]["webp"].endswith(" 1280w") and doc["srcset"]["webp"].count("w, ") == 2
+    assert api.get(content + "?w=0", headers=auth).status_code == 400
