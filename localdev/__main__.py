@@ -8,6 +8,8 @@
    it, exit status 78), then `common.server` (gunicorn with the service's own worker) serves the
    local router (every function, dispatched by the routing table) on MEDIA_HOST:MEDIA_PORT.
    Ctrl-C or SIGTERM stops gunicorn, then the embedded database.
+5. Image processing runs too: `K_SINK` (unless set) is this process's own `/events`, as a Knative
+   Trigger would deliver there, and a drain is sent every few seconds (`pinger.py`), as a PingSource.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ def prepare() -> tuple[Config, Any, bool]:
                 DevelopmentModeWarning,
                 stacklevel=1,
             )
+    if not os.environ.get("K_SINK"):
+        # The outbox's events go to this process's own /events (the router routes it), as a
+        # Knative Trigger would send them to the process function.
+        os.environ["K_SINK"] = f"http://127.0.0.1:{config.port}/events"
     server = None
     if not config.database_url:
         server, url = start_embedded_postgres(config.data_dir)
@@ -120,6 +126,7 @@ def prepare() -> tuple[Config, Any, bool]:
 
 def serve(config: Config, dev_jwt: bool) -> None:
     from common.server import Server
+    from localdev.pinger import Pinger
     from localdev.router import Demo, build_router, load_functions
 
     if config.storage == "fs":
@@ -132,8 +139,13 @@ def serve(config: Config, dev_jwt: bool) -> None:
         f" the demo page is {config.public_base_url}/demo/)",
         flush=True,
     )
-    # The same server as every deployed function (common/server.py), with all of them in one app.
-    Server(app, config, f"{config.host}:{config.port}").run()
+    # The PingSource's part: a drain every few seconds, so no upload is left unprocessed.
+    pinger = Pinger(lambda: f"http://127.0.0.1:{config.port}/events").start()
+    try:
+        # The same server as every deployed function (common/server.py), with all of them in one app.
+        Server(app, config, f"{config.host}:{config.port}").run()
+    finally:
+        pinger.stop()
 
 
 def main(argv: list[str]) -> int:

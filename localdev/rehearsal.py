@@ -33,6 +33,7 @@ from common.config import Config
 from common.migrate import migrate
 from localdev import nginx
 from localdev.harness import ROOT, children, free_port, http_status, spawn_until_ready
+from localdev.pinger import Pinger
 
 
 def default_scale() -> dict[str, int]:
@@ -158,6 +159,7 @@ class Rehearsal:
     scale: dict[str, int] = field(default_factory=default_scale)
     processes: dict[str, list[FunctionProcess]] = field(default_factory=dict)
     nginx: Nginx | None = None
+    pinger: Pinger | None = None
 
     @property
     def base(self) -> str:
@@ -190,11 +192,36 @@ class Rehearsal:
         self.nginx = Nginx(prefix=self.data_dir / "nginx")
         migrate(Config.from_env(self.function_env()).require_database_url())
         env = self.function_env()
-        for name, count in self.scale.items():
-            own = {**env, "MEDIA_THREADS": str(routing.function_settings(name).rehearsal_threads)}
-            self.processes[name] = [FunctionProcess(name, own, logs).start() for _ in range(count)]
+        planned = {
+            name: [
+                FunctionProcess(
+                    name,
+                    {**env, "MEDIA_THREADS": str(routing.function_settings(name).rehearsal_threads)},
+                    logs,
+                )
+                for _ in range(count)
+            ]
+            for name, count in self.scale.items()
+        }
+        events = self.events_url(planned)
+        if events and "K_SINK" not in self.env:
+            # The outbox's events straight to the process function, as a Knative Trigger sends them.
+            for procs in planned.values():
+                for p in procs:
+                    p.env["K_SINK"] = events
+        for name, procs in planned.items():
+            self.processes[name] = [p.start() for p in procs]
         self.nginx.start(self.upstreams(), self.cas_root)
+        if events:  # and a drain every few seconds, as a PingSource
+            self.pinger = Pinger(lambda: self.events_url(self.processes)).start()
         return self
+
+    @staticmethod
+    def events_url(processes: dict[str, list[FunctionProcess]]) -> str | None:
+        """Where the internal events route is served (the process function's own port), if it runs."""
+        route = next((r for r in routing.routes() if r.internal and r.method == "POST"), None)
+        procs = processes.get(route.function, []) if route else []
+        return procs[0].base + route.path if route and procs else None
 
     def upstreams(self) -> dict[str, list[int]]:
         return {name: [p.port for p in procs] for name, procs in self.processes.items()}
@@ -227,6 +254,8 @@ class Rehearsal:
         return new
 
     def stop(self) -> None:
+        if self.pinger is not None:
+            self.pinger.stop()
         if self.nginx is not None:
             self.nginx.stop()
         for procs in self.processes.values():

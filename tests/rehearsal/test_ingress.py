@@ -182,3 +182,26 @@ def test_what_the_ingress_answers_itself_is_problem_json(
     doc = json.loads(body)
     assert doc["status"] == status and doc["type"].startswith("https://media.recipes.example/problems/")
     assert doc["request_id"] and doc["request_id"] != "$request_id"
+
+
+def test_make_up_processes_images_through_the_process_functions_own_events(rehearsal: Rehearsal) -> None:
+    from tests.factories import photo
+
+    tok = token()
+    up = requests.post(
+        rehearsal.base + "/media",
+        headers=bearer(tok),
+        files={"file": ("tart.jpg", photo(900, 600), "image/jpeg")},
+        timeout=30,
+    )
+    assert up.status_code == 201, up.text
+    deadline = time.monotonic() + 60
+    while (doc := requests.get(up.json()["links"]["self"], headers=bearer(tok), timeout=10).json())[
+        "processing"
+    ] == "pending":
+        assert time.monotonic() < deadline, doc
+        time.sleep(0.2)
+    assert doc["processing"] == "done" and doc["width"] == 900
+    avif = requests.get(doc["links"]["content"] + "&w=640", headers={"Accept": "image/avif"}, timeout=10)
+    assert avif.headers["Content-Type"] == "image/avif" and avif.headers["Vary"] == "Accept"
+    assert requests.post(rehearsal.base + "/events", data=b"{}", timeout=10).status_code == 404  # internal
