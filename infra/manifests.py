@@ -7,8 +7,9 @@ What it writes (under infra/):
 - k8s/base: the ConfigMap, the CAS volume (a ReadWriteMany PVC), the CloudNativePG `Cluster` and
   its PgBouncer `Pooler` (transaction mode), the migration `Job`, one Knative `Service` per
   function, one Gateway API `HTTPRoute` per function with the `ReferenceGrant` it needs, and the
-  `PodMonitor`. Each object carries the label `media.recipes/apply-stage` (database, migration,
-  service): README's apply order applies them stage by stage.
+  `PodMonitor`; and events.yaml (Broker, SinkBinding, Trigger, PingSource). Each object carries
+  the label `media.recipes/apply-stage` (database, migration, service, events): README's apply
+  order applies them stage by stage.
 - k8s/components/istio: the same routes as one Istio `VirtualService`, instead of the HTTPRoutes.
 - k8s/overlays/dev and prod: image names and tags, scale bounds, storage class, resources.
 - k8s/overlays/s3: prod with the CAS in a bucket (MEDIA_STORAGE=s3): no PVC, no volume mounted.
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from common import routing
+from common.repository import UPLOADED_EVENT
 from infra.plans import (
     APP,
     MAX_CONNECTIONS,
@@ -450,6 +452,75 @@ def pod_monitor() -> dict[str, Any]:
     }
 
 
+# --- events: the outbox's CloudEvents to the process function -------------------------------
+
+BROKER = APP
+
+
+def events_route() -> routing.Route:
+    """The internal route the events are delivered to (the process function's /events)."""
+    (route,) = [r for r in routing.routes() if r.internal and r.method == "POST"]
+    return route
+
+
+def eventing() -> list[dict[str, Any]]:
+    """Broker, SinkBinding (K_SINK into the functions that write the outbox), Trigger
+    (`media.uploaded` to the process function) and PingSource (the drain, every minute)."""
+    route = events_route()
+    receiver = PLANS[route.function]
+    subscriber = {
+        "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": receiver.name},
+        "uri": route.path,
+    }
+    broker = {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": metadata(BROKER, "events", "events"),
+        "spec": {
+            # Knative retries a delivery with backoff; what still fails is left to the drain, which
+            # finds every unprocessed job in the database: no dead-letter sink is needed.
+            "delivery": {"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT1S"},
+        },
+    }
+    binding = {
+        "apiVersion": "sources.knative.dev/v1",
+        "kind": "SinkBinding",
+        "metadata": metadata(f"{APP}-outbox", "events", "events"),
+        "spec": {
+            "subject": {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Service",
+                # every function: the ones that write the outbox (upload; process, whose drain
+                # sends what is left) need K_SINK, and the others never read it
+                "selector": {"matchLabels": {"app.kubernetes.io/part-of": APP}},
+            },
+            "sink": {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": BROKER}},
+        },
+    }
+    trigger = {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": metadata(f"{APP}-uploaded", "events", "events"),
+        "spec": {
+            "broker": BROKER,
+            "filter": {"attributes": {"type": UPLOADED_EVENT}},
+            "subscriber": subscriber,
+        },
+    }
+    ping = {
+        "apiVersion": "sources.knative.dev/v1",
+        "kind": "PingSource",
+        "metadata": metadata(f"{APP}-drain", "events", "events"),
+        "spec": {
+            "schedule": "* * * * *",
+            "contentType": "application/json",
+            "data": "{}",
+            "sink": subscriber,
+        },
+    }
+    return [broker, binding, trigger, ping]
+
+
 # --- overlays and OpenFaaS -------------------------------------------------------------------
 
 
@@ -751,6 +822,18 @@ BASE_FILES: list[tuple[str, Any]] = [
         ),
     ),
     ("monitoring.yaml", lambda: _dump([pod_monitor()])),
+    (
+        "events.yaml",
+        lambda: _dump(
+            eventing(),
+            [
+                "Where the outbox's CloudEvents go. Knative Eventing (its Broker implementation) must run.",
+                "K_SINK and K_CE_OVERRIDES for the functions: the outbox's events go to the Broker.",
+                "media.uploaded to the process function's internal /events.",
+                "The drain, every minute: whatever an event did not reach is processed from the database.",
+            ],
+        ),
+    ),
 ]
 
 

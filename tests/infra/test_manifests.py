@@ -94,6 +94,21 @@ def _virtual_service(doc: dict[str, Any]) -> None:
     _round_trip(VirtualService, doc)
 
 
+def _eventing(doc: dict[str, Any]) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # the generated models name a field `name` (pydantic warns)
+        warnings.simplefilter("ignore", UserWarning)
+        from cloudcoil.models.knative_eventing.eventing import v1 as eventing
+        from cloudcoil.models.knative_eventing.sources import v1 as sources
+
+    model = {"Broker": eventing.Broker, "Trigger": eventing.Trigger}.get(doc["kind"]) or {
+        "PingSource": sources.PingSource,
+        "SinkBinding": sources.SinkBinding,
+    }[doc["kind"]]
+    _round_trip(model, doc)
+
+
 def _core(doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
@@ -151,6 +166,7 @@ VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
     "ReferenceGrant": _gateway(check_reference_grant),
     "Cluster": _cnpg,
     "Pooler": _cnpg,
+    **dict.fromkeys(("Broker", "Trigger", "PingSource", "SinkBinding"), _eventing),
 }
 
 
@@ -490,6 +506,28 @@ def test_every_variable_the_code_reads_is_set_or_has_a_default(overlay: str) -> 
         assert key in README, f"README must say the Secret holds {key}"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_events_reach_the_process_functions_internal_route_and_every_function_gets_k_sink(
+    overlay: str,
+) -> None:
+    docs = rendered(overlay)
+    route = manifests.events_route()
+    (trigger,) = of_kind(docs, "Trigger")
+    (ping,) = of_kind(docs, "PingSource")
+    (binding,) = of_kind(docs, "SinkBinding")
+    (broker,) = of_kind(docs, "Broker")
+    for subscriber in (trigger["spec"]["subscriber"], ping["spec"]["sink"]):
+        assert subscriber["ref"]["name"] == plans.PLANS[route.function].name
+        assert subscriber["uri"] == route.path == "/events"
+    assert trigger["spec"]["filter"]["attributes"] == {"type": "media.uploaded"}
+    assert trigger["spec"]["broker"] == broker["metadata"]["name"]
+    assert binding["spec"]["sink"]["ref"]["name"] == broker["metadata"]["name"]
+    selector = binding["spec"]["subject"]["selector"]["matchLabels"]
+    ksvcs = _ksvcs(overlay)
+    assert {k["metadata"]["name"] for k in ksvcs} == {p.name for p in plans.PLANS.values()}
+    assert all(selector.items() <= k["metadata"]["labels"].items() for k in ksvcs)
+
+
 def test_the_connection_budget_fits() -> None:
     clients = sum(p.max_scale * p.workers * p.pool for p in plans.PLANS.values())
     assert 2 * clients <= plans.client_connection_budget()
@@ -534,5 +572,5 @@ def test_readme_names_the_knative_feature_flags_and_the_apply_order() -> None:
         "max-revision-timeout-seconds",
     ):
         assert flag in README, flag
-    for stage in ("database", "migration", "service"):
+    for stage in ("database", "migration", "service", "events"):
         assert f"{manifests.STAGE_LABEL}={stage}" in README, stage
