@@ -43,7 +43,9 @@ def encoded_photo(width: int, height: int, fmt: str) -> bytes:
 
 
 def with_pillow(data: bytes, out: Path) -> int:
-    return len(imaging.render(data, out).variants)
+    original = out / "original"
+    original.write_bytes(data)
+    return len(imaging.render(original, out).variants)
 
 
 def with_vips(data: bytes, out: Path) -> int:

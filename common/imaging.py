@@ -147,7 +147,7 @@ def keep(made: Sequence[Made], planned: Sequence[Spec], original_size: int) -> l
 # --- making it: Pillow ------------------------------------------------------------------------
 
 
-def render(data: bytes, out: Path, limits: Limits = Limits()) -> Rendition:
+def render(original: Path, out: Path, limits: Limits = Limits()) -> Rendition:
     """Decode `data`, make every planned variant into `out`, and describe them. ImageRejected
     when the image is refused (too many pixels, not an image, truncated, an unknown format)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -155,7 +155,7 @@ def render(data: bytes, out: Path, limits: Limits = Limits()) -> Rendition:
     _register_heif()
     Image.MAX_IMAGE_PIXELS = None  # checked here, from the header, with our own limit
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(original)  # read as decoded: never the whole file in memory at once
         if image.width * image.height > limits.max_pixels:
             raise ImageRejected(
                 f"{image.width} x {image.height} pixels is over the limit of {limits.max_pixels}"
@@ -187,7 +187,8 @@ def render(data: bytes, out: Path, limits: Limits = Limits()) -> Rendition:
         made.append((spec, path))
         if spec.format != "jpeg":
             source = resized
-    verdicts = keep([Made(s.format, s.width, s.height, p.stat().st_size) for s, p in made], specs, len(data))
+    made_sizes = [Made(s.format, s.width, s.height, p.stat().st_size) for s, p in made]
+    verdicts = keep(made_sizes, specs, original.stat().st_size)
     variants = []
     for (spec, path), ok in zip(made, verdicts, strict=True):
         if ok:
@@ -272,19 +273,24 @@ def _dominant(image: Any) -> str:
 # --- in a child process ---------------------------------------------------------------------------
 
 
-def render_isolated(data: bytes, workdir: Path, limits: Limits = Limits()) -> Rendition:
+def render_isolated(original: bytes | Path, workdir: Path, limits: Limits = Limits()) -> Rendition:
     """`render` in a child process capped at `limits.memory_bytes` of address space and
-    `limits.seconds`; its variants land in `workdir`. ImageRejected for anything that goes wrong
-    in there, the child's death included."""
+    `limits.seconds`, of the file `original` (or of these bytes, written to `workdir` first); its
+    variants land in `workdir`. ImageRejected for anything that goes wrong in there, the child's
+    death included."""
     source = workdir / "original"
-    source.write_bytes(data)
+    if isinstance(original, bytes):
+        source.write_bytes(original)
+    elif original != source:
+        source = original
     command = [sys.executable, "-m", "common.imaging", str(source), str(workdir), json.dumps(asdict(limits))]
     try:
         done = subprocess.run(command, capture_output=True, timeout=limits.seconds, check=False)
     except subprocess.TimeoutExpired:
         raise ImageRejected(f"processing took longer than {limits.seconds:g} s") from None
     finally:
-        source.unlink(missing_ok=True)
+        if source.parent == workdir:
+            source.unlink(missing_ok=True)
     if done.returncode != 0:
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
         if done.returncode < 0 or "MemoryError" in tail[0]:
@@ -310,7 +316,7 @@ def _child(argv: list[str]) -> int:
     limits = Limits(**raw_limits)
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     try:
-        rendition = render(source.read_bytes(), out, limits)
+        rendition = render(source, out, limits)
     except ImageRejected as exc:
         print(json.dumps({"rejected": exc.reason}))
         return 0

@@ -29,6 +29,7 @@ with exponential backoff (`backoff`) and recorded `failed` after `MEDIA_PROCESS_
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ log = logging.getLogger("media.processing")
 
 DRAIN_SECONDS = 50.0  # one drain's budget, under the process function's request timeout
 PUBLISH_BATCH = 100
+COPY_CHUNK = 1024 * 1024
 
 
 def enqueue_if_image(scope: DigestScope, record: MediaRecord) -> None:
@@ -160,12 +162,13 @@ class _Gone(Exception):
 
 
 def _make(services: Services, job: ImageJob) -> Outcome:
-    try:
-        with services.store.open(job.sha256) as f:
-            original = f.read()
-    except BlobMissing:
-        return Outcome("failed", reason="the original's bytes are missing from the store")
     with tempfile.TemporaryDirectory(prefix="media-process-") as work:
+        original = Path(work) / "original"
+        try:  # a copy the child can read (from the volume or the bucket), in bounded memory
+            with services.store.open(job.sha256) as f, original.open("wb") as copy:
+                shutil.copyfileobj(f, copy, COPY_CHUNK)
+        except BlobMissing:
+            return Outcome("failed", reason="the original's bytes are missing from the store")
         try:
             rendition = imaging.render_isolated(original, Path(work), limits_of(services))
         except ImageRejected as exc:

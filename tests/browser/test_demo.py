@@ -45,6 +45,17 @@ def test_the_demo_page_uploads_and_shows_the_picture(
     )
     assert driver.execute_script("return document.getElementById('preview').naturalWidth") == 320
     assert driver.find_element(By.ID, "progress").get_attribute("value") == "100"
+    # Then the placeholder, then the <picture>: Chromium takes AVIF, so the AVIF variant is shown.
+    WebDriverWait(driver, 60).until(
+        lambda d: d.execute_script(
+            "const i = document.querySelector('#picture img');"
+            " return !!i && i.complete && i.naturalWidth > 0 && !document.getElementById('picture').hidden;"
+        )
+    )
+    assert driver.execute_script("return document.getElementById('placeholder').dataset.drawn") == "true"
+    shown = driver.execute_script("return document.querySelector('#picture img').currentSrc")
+    assert "format=avif" in shown and "w=320" in shown, shown
+    assert "processing: done" in driver.find_element(By.ID, "processing").text
     driver.save_screenshot(str(tmp_path / "demo.png"))
     stored = requests.get(f"{api.base}/media/{media_id}/content", headers=bearer(tok), timeout=10)
     assert hashlib.sha256(stored.content).hexdigest() == hashlib.sha256(data).hexdigest()

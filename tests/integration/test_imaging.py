@@ -86,3 +86,20 @@ def test_the_memory_limit_stops_the_child_not_the_caller(tmp_path: Path) -> None
 def test_the_time_limit_ends_a_slow_image(tmp_path: Path) -> None:
     with pytest.raises(ImageRejected, match="longer than"):
         render_isolated(photo(4000, 3000), tmp_path, Limits(seconds=0.05))
+
+
+def test_a_wide_gamut_image_becomes_srgb_and_says_so(tmp_path: Path) -> None:
+    import pyvips  # libvips (a dev dependency) ships a Display P3 profile; Pillow cannot make one
+    from PIL import ImageCms
+
+    in_p3 = pyvips.Image.new_from_buffer(photo(800, 600, "PNG"), "").icc_transform("p3", input_profile="srgb")
+    original = in_p3.pngsave_buffer()
+    stored = Image.open(io.BytesIO(original))
+    corner = stored.convert("RGB").getpixel((100, 100))
+    assert isinstance(corner, tuple) and abs(corner[1] - UPRIGHT_CORNER[1]) > 15  # the premise: P3 values
+    variant = variants_of(render_isolated(original, tmp_path))["webp", 640]
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(variant.info["icc_profile"]))
+    assert ImageCms.getProfileDescription(profile).strip() == "sRGB built-in"
+    shown = variant.convert("RGB").getpixel((80, 80))
+    assert isinstance(shown, tuple)
+    assert all(abs(a - b) < 8 for a, b in zip(shown, UPRIGHT_CORNER, strict=True)), shown  # sRGB again

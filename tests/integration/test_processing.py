@@ -52,9 +52,13 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     made: list[int] = []
     real = imaging.render_isolated
 
-    def counted(data: bytes, workdir: Path, limits: imaging.Limits = imaging.Limits()) -> imaging.Rendition:  # noqa: B008
-        made.append(len(data))
-        return real(data, workdir, limits)
+    def counted(
+        original: bytes | Path,
+        workdir: Path,
+        limits: imaging.Limits = imaging.Limits(),  # noqa: B008
+    ) -> imaging.Rendition:
+        made.append(len(original) if isinstance(original, bytes) else original.stat().st_size)
+        return real(original, workdir, limits)
 
     monkeypatch.setattr(imaging, "render_isolated", counted)
     return made
@@ -238,3 +242,22 @@ def test_variants_are_served_by_width_format_and_accept_each_with_its_own_etag(s
     assert signed.status_code == 200 and signed.headers["Content-Type"] == "image/avif"  # no token
     assert doc["srcset"]["webp"].endswith(" 1280w") and doc["srcset"]["webp"].count("w, ") == 2
     assert api.get(content + "?w=0", headers=auth).status_code == 400
+
+
+def test_a_heic_from_a_phone_is_accepted_when_listed_and_gets_variants(
+    own_database: str, tmp_path: Path
+) -> None:
+    from common.config import DEFAULT_ALLOWED_TYPES
+
+    allowed = ",".join([*DEFAULT_ALLOWED_TYPES, "image/heic", "image/heif"])
+    config = support.make_config(tmp_path / "data", own_database, MEDIA_ALLOWED_TYPES=allowed)
+    services = build_services(config, background=False)
+    try:
+        record = upload(services, photo(1200, 900, "HEIF", rotated=True))
+        assert record.content_type == "image/heic"
+        assert processing.drain(services).done == 1
+        state = services.repo.processing_of(record.sha256 or "", imaging.RECIPE)
+        assert state is not None and state.state == "done" and (state.width, state.height) == (1200, 900)
+        assert {v.format for v in state.variants} == {"avif", "webp", "jpeg"}
+    finally:
+        services.repo.close()
