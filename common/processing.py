@@ -139,13 +139,22 @@ def _claim(services: Services, sha256: str | None = None) -> ImageJob | None:
 
 
 def run(services: Services, job: ImageJob) -> str:
-    """Process one claimed job: done, failed, retried, or lost."""
+    """Process one claimed job: done, failed, retried, or lost. Never raises."""
     try:
-        outcome = _make(services, job)
+        if job.attempts > services.config.process_max_attempts:
+            # Claimed that often without ever being finished: its workers died on it (killed for
+            # memory, say). Recorded as failed rather than tried for ever.
+            outcome = Outcome("retry", reason="no worker finished it (killed or crashed each time)")
+        else:
+            outcome = _make(services, job)
     except (DatabaseUnavailable, StorageUnavailable, OSError) as exc:
         outcome = Outcome("retry", reason=str(exc), retry_after_seconds=backoff(job.attempts))
     except _Gone:
         return "lost"
+    except Exception as exc:  # a bug or the unforeseen: logged, retried, then failed; never raised
+        log.exception("image %s: unexpected failure", job.sha256)
+        reason = f"unexpected {exc.__class__.__name__}: {exc}"[:300]
+        outcome = Outcome("retry", reason=reason, retry_after_seconds=backoff(job.attempts))
     try:
         recorded = services.repo.finish_job(job, outcome, services.config.process_max_attempts)
     except DatabaseUnavailable:
