@@ -104,10 +104,13 @@ def test_require_scope() -> None:
 
 def test_a_remembered_token_still_expires_and_still_waits_for_nbf() -> None:
     cached = JwtVerifier(secret=SECRET, leeway_seconds=0)
-    short = issue_hs256(SECRET, "alice", ttl_seconds=1)
+    # Two seconds, not one: `exp` is whole seconds, so a one-second token issued late in a second
+    # could already be expired when first verified (a CI run saw it, on a loaded machine).
+    short = issue_hs256(SECRET, "alice", ttl_seconds=2)
     assert cached.verify(short).subject == "alice"
     assert cached.verify(short).subject == "alice"  # from the cache
-    time.sleep(1.1)
+    expires = jwt.decode(short, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires - time.time()) + 0.1)
     with pytest.raises(Unauthorized, match="expired"):
         cached.verify(short)
     tampered = short[:-2] + ("AA" if not short.endswith("AA") else "BB")
