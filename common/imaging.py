@@ -80,14 +80,6 @@ class Variant:
     height: int
     path: Path  # the encoded bytes, in the caller's work directory
 
-    @property
-    def content_type(self) -> str:
-        return FORMATS[self.format]
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
 
 @dataclass(frozen=True)
 class Rendition:

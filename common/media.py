@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import uuid
@@ -87,7 +88,7 @@ def upload_multipart(
             sha256=staged.sha256,
         )
         record = commit_blob(services, writer, staged.sha256, lambda scope: ready(scope, scope.insert(new)))
-    processing.publish(services)
+    processing.published_after(services, record)
     return record
 
 
@@ -297,7 +298,7 @@ def _representation(services: Services, record: MediaRecord, want: Wanted, accep
     vary = "Accept" if choice.vary_accept else None
     v = choice.variant
     if v is None:
-        return _Bytes(original.sha256, original.size, original.content_type, original.filename, vary)
+        return dataclasses.replace(original, vary=vary)
     stem = record.filename.rsplit(".", 1)[0] or "image"
     return _Bytes(v.sha256, v.size, imaging.FORMATS[v.format], f"{stem}-{v.width}.{v.format}", vary)
 
@@ -363,11 +364,11 @@ def to_json(services: Services, record: MediaRecord, *, processing: bool = False
         "links": {"self": self_link, "content": content},
     }
     if processing:
-        doc.update(processing_json(services, record))
+        doc.update(processing_json(services, record, content))
     return doc
 
 
-def processing_json(services: Services, record: MediaRecord) -> dict[str, Any]:
+def processing_json(services: Services, record: MediaRecord, link: str) -> dict[str, Any]:
     """`processing` (null for media that are not processed), the image's upright `width`/`height`,
     `blurhash`, `dominant_color` and its `variants` (empty until done)."""
     state = None
@@ -376,7 +377,6 @@ def processing_json(services: Services, record: MediaRecord) -> dict[str, Any]:
     if state is None:
         empty: dict[str, Any] = {"processing": None, "processing_reason": None, "variants": [], "srcset": {}}
         return {**empty, "width": None, "height": None, "blurhash": None, "dominant_color": None}
-    link = content_link(services, record.id)
     variants = [
         {
             "format": v.format,

@@ -149,7 +149,7 @@ def complete_upload(
             record = commit_blob(
                 services, writer, staged.sha256, _completer(grant.media_id, staged.sha256, staged.size)
             )
-        processing.publish(services)
+        processing.published_after(services, record)
         return record
     except UploadMismatch as exc:
         services.repo.fail(grant.media_id, str(exc))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import imaging
-from common.events import DRAIN_EVENT, PING_EVENT, Received
+from common.events import DRAIN_EVENT, PING_EVENT, NoSink, Received
 from common.imaging import ImageRejected, Limits, Variant
 from common.problems import BlobMissing, DatabaseUnavailable, StorageUnavailable
 from common.repository import UPLOADED_EVENT, DigestScope, ImageJob, MediaRecord, Outcome, VariantRow
@@ -49,15 +49,30 @@ PUBLISH_BATCH = 100
 COPY_CHUNK = 1024 * 1024
 
 
+def processed(record: MediaRecord) -> bool:
+    """Whether this record gets a processing job (and so an outbox row)."""
+    return record.sha256 is not None and record.content_type in imaging.PROCESSABLE
+
+
 def enqueue_if_image(scope: DigestScope, record: MediaRecord) -> None:
     """In the transaction that made `record` ready: its job and its outbox row, for images."""
-    if record.sha256 is not None and record.content_type in imaging.PROCESSABLE:
+    if processed(record):
+        assert record.sha256 is not None
         scope.enqueue_processing(record.sha256, imaging.RECIPE, record.content_type, record.id)
+
+
+def published_after(services: Services, record: MediaRecord) -> None:
+    """After the commit that made `record` ready: its event out, if it wrote one (no query for
+    the others: this is on every upload's path)."""
+    if processed(record):
+        publish(services)
 
 
 def publish(services: Services) -> int:
     """Hand what the outbox holds to K_SINK; the number sent. Never raises: what is not sent
-    stays for the next attempt."""
+    stays for the next attempt. Without K_SINK nothing is read: there is nowhere to send it."""
+    if isinstance(services.events, NoSink):
+        return 0
     try:
         events = services.repo.unsent_events(PUBLISH_BATCH)
         if not events:

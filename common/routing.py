@@ -139,6 +139,11 @@ def function_settings(name: str) -> FunctionSettings:
     )
 
 
+def events_route() -> Route | None:
+    """Where CloudEvents are delivered: the internal POST route (the process function's /events)."""
+    return next((r for r in routes() if r.internal and r.method == "POST"), None)
+
+
 def public_routes() -> tuple[Route, ...]:
     """What the ingress routes: every route but the internal ones."""
     return tuple(r for r in routes() if not r.internal)

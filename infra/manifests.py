@@ -459,7 +459,8 @@ BROKER = APP
 
 def events_route() -> routing.Route:
     """The internal route the events are delivered to (the process function's /events)."""
-    (route,) = [r for r in routing.routes() if r.internal and r.method == "POST"]
+    route = routing.events_route()
+    assert route is not None, "the routing table has no internal POST route for events"
     return route
 
 

@@ -219,7 +219,7 @@ class Rehearsal:
     @staticmethod
     def events_url(processes: dict[str, list[FunctionProcess]]) -> str | None:
         """Where the internal events route is served (the process function's own port), if it runs."""
-        route = next((r for r in routing.routes() if r.internal and r.method == "POST"), None)
+        route = routing.events_route()
         procs = processes.get(route.function, []) if route else []
         return procs[0].base + route.path if route and procs else None
 
