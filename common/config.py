@@ -79,6 +79,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "MEDIA_EVENT_TIMEOUT_SECONDS", "2", "Connect and read timeout of one CloudEvent delivery to K_SINK"
     ),
+    Variable("MEDIA_LOCAL_DRAIN_SECONDS", "5", "`make run` and `make up` only: how often the drain is sent"),
     Variable("MEDIA_PROCESS_MAX_ATTEMPTS", "5", "Attempts at an image before it is recorded as failed"),
     Variable("MEDIA_PROCESS_MAX_PIXELS", "50000000", "Images with more pixels are refused (from the header)"),
     Variable(
@@ -385,6 +386,7 @@ class Config:
     event_sink: str | None
     event_overrides: str | None
     event_timeout_seconds: float
+    local_drain_seconds: float
     process_max_attempts: int
     process_max_pixels: int
     process_memory_bytes: int
@@ -458,6 +460,7 @@ class Config:
             event_sink=_url(env, "K_SINK"),
             event_overrides=_get(env, "K_CE_OVERRIDES"),
             event_timeout_seconds=_float(env, "MEDIA_EVENT_TIMEOUT_SECONDS"),
+            local_drain_seconds=_float(env, "MEDIA_LOCAL_DRAIN_SECONDS"),
             process_max_attempts=_int(env, "MEDIA_PROCESS_MAX_ATTEMPTS", minimum=1),
             process_max_pixels=_int(env, "MEDIA_PROCESS_MAX_PIXELS", minimum=1),
             process_memory_bytes=_int(env, "MEDIA_PROCESS_MEMORY_BYTES", minimum=64 * MiB),

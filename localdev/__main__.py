@@ -140,7 +140,7 @@ def serve(config: Config, dev_jwt: bool) -> None:
         flush=True,
     )
     # The PingSource's part: a drain every few seconds, so no upload is left unprocessed.
-    pinger = Pinger(lambda: f"http://127.0.0.1:{config.port}/events").start()
+    pinger = Pinger(lambda: f"http://127.0.0.1:{config.port}/events", config.local_drain_seconds).start()
     try:
         # The same server as every deployed function (common/server.py), with all of them in one app.
         Server(app, config, f"{config.host}:{config.port}").run()

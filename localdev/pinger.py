@@ -16,11 +16,9 @@ from common.processing import DRAIN_SECONDS
 
 log = logging.getLogger("localdev.pinger")
 
-EVERY_SECONDS = 5.0
-
 
 class Pinger:
-    def __init__(self, url: Callable[[], str | None], every_seconds: float = EVERY_SECONDS) -> None:
+    def __init__(self, url: Callable[[], str | None], every_seconds: float) -> None:
         self._url = url  # asked each time: a redeployed process function has a new port
         self._every = every_seconds
         self._stop = threading.Event()

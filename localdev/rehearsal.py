@@ -190,7 +190,8 @@ class Rehearsal:
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         self.nginx = Nginx(prefix=self.data_dir / "nginx")
-        migrate(Config.from_env(self.function_env()).require_database_url())
+        config = Config.from_env(self.function_env())
+        migrate(config.require_database_url())
         env = self.function_env()
         planned = {
             name: [
@@ -213,7 +214,7 @@ class Rehearsal:
             self.processes[name] = [p.start() for p in procs]
         self.nginx.start(self.upstreams(), self.cas_root)
         if events:  # and a drain every few seconds, as a PingSource
-            self.pinger = Pinger(lambda: self.events_url(self.processes)).start()
+            self.pinger = Pinger(lambda: self.events_url(self.processes), config.local_drain_seconds).start()
         return self
 
     @staticmethod
