@@ -43,7 +43,12 @@ def stage(pg: RunningPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @dataclass
 class Downloads:
-    """A client downloading without pause (metadata, whole file, a range) until told to stop."""
+    """A client downloading without pause (metadata, whole file, a range) until told to stop.
+
+    nginx's reload closes its old workers' idle keep-alive connections, and a request sent on one at
+    that instant is reset before any answer. Browsers retry an idempotent request that failed so on
+    a reused connection, once, on a new connection; so does this client, at most once per drill
+    (one reload), and the retry must succeed."""
 
     rehearsal: Rehearsal
     tok: str
@@ -52,10 +57,10 @@ class Downloads:
     stop: threading.Event = field(default_factory=threading.Event)
     answers: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    reconnects: list[str] = field(default_factory=list)
 
     def run(self) -> None:
         started = time.monotonic()
-        content = f"{self.rehearsal.base}/media/{self.media_id}/content"
         with requests.Session() as session:
             while not self.stop.is_set() and len(self.answers) < MAX_REQUESTS:
                 if time.monotonic() - started > MAX_SECONDS:
@@ -63,27 +68,38 @@ class Downloads:
                     return
                 n = len(self.answers)
                 try:
-                    if n % 3 == 0:
-                        resp = session.get(
-                            f"{self.rehearsal.base}/media/{self.media_id}",
-                            headers=bearer(self.tok),
-                            timeout=10,
-                        )
-                        ok = resp.status_code == 200 and resp.json()["id"] == self.media_id
-                    elif n % 3 == 1:
-                        resp = session.get(content, headers=bearer(self.tok), timeout=10)
-                        ok = resp.status_code == 200 and resp.content == self.data
-                    else:
-                        resp = session.get(
-                            content, headers={**bearer(self.tok), "Range": "bytes=8-71"}, timeout=10
-                        )
-                        ok = resp.status_code == 206 and resp.content == self.data[8:72]
-                    self.answers.append(resp.status_code)
-                    if not ok:
-                        self.failures.append(f"request {n}: {resp.status_code} {resp.text[:200]}")
+                    self.one(session, n)
+                except requests.ConnectionError as exc:
+                    if self.reconnects:
+                        self.failures.append(f"request {n}: {exc!r} (after {self.reconnects})")
+                        continue
+                    self.reconnects.append(repr(exc))
+                    session.close()
+                    try:
+                        self.one(session, n)
+                    except requests.RequestException as again:
+                        self.failures.append(f"request {n}, retried: {again!r}")
                 except requests.RequestException as exc:
-                    self.answers.append(0)
                     self.failures.append(f"request {n}: {exc!r}")
+
+    def one(self, session: requests.Session, n: int) -> None:
+        """Request `n` of the cycle; its status is recorded, a wrong answer is a failure."""
+        self.answers.append(0)
+        content = f"{self.rehearsal.base}/media/{self.media_id}/content"
+        if n % 3 == 0:
+            resp = session.get(
+                f"{self.rehearsal.base}/media/{self.media_id}", headers=bearer(self.tok), timeout=10
+            )
+            ok = resp.status_code == 200 and resp.json()["id"] == self.media_id
+        elif n % 3 == 1:
+            resp = session.get(content, headers=bearer(self.tok), timeout=10)
+            ok = resp.status_code == 200 and resp.content == self.data
+        else:
+            resp = session.get(content, headers={**bearer(self.tok), "Range": "bytes=8-71"}, timeout=10)
+            ok = resp.status_code == 206 and resp.content == self.data[8:72]
+        self.answers[-1] = resp.status_code
+        if not ok:
+            self.failures.append(f"request {n}: {resp.status_code} {resp.text[:200]}")
 
 
 def slow_read(url: str, tok: str, outcome: dict[str, Any]) -> None:
@@ -171,7 +187,8 @@ def _drill(rehearsal: Rehearsal, function: str) -> Drill:
         for pid in before
     )
     print(
-        f"redeploy {function}: {took:.1f} s, {len(client.answers)} downloads, {len(client.failures)} failed"
+        f"redeploy {function}: {took:.1f} s, {len(client.answers)} downloads, {len(client.failures)} failed, "
+        f"{len(client.reconnects)} retried on a new connection"
     )
     return Drill(
         downloads=len(client.answers),
