@@ -29,6 +29,9 @@ migrate: install ## apply the SQL migrations (to MEDIA_DATABASE_URL, or the embe
 migrate-store: install ## copy every referenced blob between the stores while serving (FROM=fs TO=s3; DRY_RUN=1 only compares)
 	$(PY) -m common.migrate_store --from $(FROM) --to $(TO) $(if $(DRY_RUN),--dry-run)
 
+scrub: install ## re-hash every stored blob once now, with a progress bar; exit 1 on a mismatch (RATE=MiB/s limits it)
+	$(PY) -m common.scrub_command $(if $(RATE),--mib-per-second $(RATE))
+
 token: install ## print a development bearer token (all scopes) for the running `make run`
 	@$(PY) -m localdev.token $(SUB)
 
@@ -42,7 +45,7 @@ fmt: install ## format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test-deps: install ## what browser tests, drills and bench need: Chromium, ChromeDriver, nginx, wrk, Uppy
+test-deps: install ## what browser tests, drills and bench need: Chromium, ChromeDriver, nginx, wrk, clamd, Uppy
 	@./infra/test-deps.sh
 
 test: install test-deps lint ## lint, then unit, integration (Testcontainers PostgreSQL), end-to-end, browser tests and fault drills; T= picks a subset
@@ -79,11 +82,13 @@ images: ## build every function's container image (needs Docker; IMAGE_PREFIX, I
 manifests: install ## regenerate infra/k8s and infra/openfaas from the routing table (infra/manifests.py)
 	$(PY) -m infra.manifests
 
-bench: install test-deps ## the rehearsal vs nginx (transfers, ranges, metadata latency, RSS, cold start); image variants, Pillow vs libvips
+bench: install test-deps ## the rehearsal vs nginx (transfers, ranges, metadata latency, RSS, cold start); image variants, Pillow vs libvips; scrub cost; erasing 10,000 records
 	$(PY) -m bench.rehearsal
 	$(PY) -m bench.imaging
+	$(PY) -m bench.scrub
+	$(PY) -m bench.erasure
 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate token lint fmt test-deps test test-embedded up redeploy unit images manifests bench clean
+.PHONY: help install run migrate scrub token lint fmt test-deps test test-embedded up redeploy unit images manifests bench clean

@@ -1,9 +1,12 @@
 """The audit trail: one JSON event per security-relevant request, on the logger `media.audit`.
 
 Events: `upload`, `presign`, `upload_completed` (the PUT to a presigned URL), `download`, `delete`,
-`auth_failure` and `rate_limited`. Fields: `event`, `outcome` (`success`, `denied`, `failure`),
-`status`, `actor` (the user, `client:<id>`, or the owner a presigned URL was signed for),
-`client_ip`, `media_id`, `sha256`, `size`, `request_id` and `function`. Never a token, a signature
+`erasure_requested`, `erasure_completed` (from the job, with its receipt: `subject`,
+`records_removed`, `blobs_removed`, `size` the bytes freed), `content_rejected` (the malware
+scanner refused an upload), `auth_failure` and `rate_limited`. Fields: `event`, `outcome`
+(`success`, `denied`, `failure`), `status`, `actor` (the user, `client:<id>`, or the owner a
+presigned URL was signed for), `client_ip`, `media_id`, `sha256`, `size`, `request_id` and
+`function`. Never a token, a signature
 or a secret: the fields are chosen here, not copied from the request. `MEDIA_AUDIT_LOG=off`
 silences it. The dispatch (`web.py`) emits the events from what the request left behind.
 """
@@ -22,6 +25,7 @@ EVENT_OF_OPERATION = {
     "completeUpload": "upload_completed",
     "getMediaContent": "download",
     "deleteMedia": "delete",
+    "eraseUserMedia": "erasure_requested",
 }
 
 
@@ -53,6 +57,8 @@ def events_for(operation: str | None, status: int) -> list[str]:
     events = []
     if operation in EVENT_OF_OPERATION:
         events.append(EVENT_OF_OPERATION[operation])
+    if status == 422 and operation in ("uploadMedia", "completeUpload"):
+        events.append("content_rejected")  # the only 422 of an upload's bytes
     if status == 401:
         events.append("auth_failure")
     elif status == 429:
@@ -60,5 +66,6 @@ def events_for(operation: str | None, status: int) -> list[str]:
     return events
 
 
-def emit(event: Event) -> None:
-    log.info(event.event, extra={"audit": asdict(event)})
+def emit(event: Event, **details: str | int | None) -> None:
+    """One event; `details` are further fields the event's kind defines (an erasure's receipt)."""
+    log.info(event.event, extra={"audit": {**asdict(event), **details}})

@@ -11,9 +11,15 @@ sharing the volume) leaves the file of a live upload alone however long its clie
 removes the files of writers that died (the kernel drops their locks). Linux's NFS client maps
 `flock` to NFS byte-range locks, which are per process: a process's own live writers are
 therefore also remembered in memory. `commit` fsyncs the
-file, renames it to its address (or drops it when the address already holds the same bytes:
-dedup) and fsyncs the directory. Who may commit or delete a digest, and when, is decided by the
-caller under the repository's per-digest lock (see `media.py`).
+file, renames it to its address and fsyncs the directory. When the address already holds a file
+(dedup), the freshly written and hashed temp file still replaces it, atomically: a size match
+proves nothing, and this heals a blob whose bytes rotted for the price of a rename (open readers
+keep their inode). Who may commit or delete a digest, and when, is decided by the caller under
+the repository's per-digest lock (see `media.py`).
+
+Integrity: `verify` re-hashes a stored blob in `CHUNK` reads (bounded memory, paced by the
+caller's callback), `quarantine` moves a blob whose bytes no longer match its address to
+`<root>/quarantine/<hex>.<UTC timestamp>` (see `scrub.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import io
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -34,7 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar, cast
 
 from common.problems import BlobMissing, BlobTooLarge, StorageFull
 
@@ -42,6 +49,7 @@ T = TypeVar("T")
 log = logging.getLogger("media.cas")
 
 SNIFF_BYTES = 64 * 1024
+CHUNK = 1024 * 1024  # what `verify` reads at a time
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _LABEL = re.compile(r"^[a-z0-9-]{1,64}$")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -63,6 +71,37 @@ def check_digest(sha256: str) -> str:
 class StagedBlob:
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What re-hashing a stored blob found: its size and the SHA-256 of its bytes."""
+
+    size: int
+    actual: str
+
+    def matches(self, sha256: str) -> bool:
+        return self.actual == sha256
+
+
+def rehash(file: BinaryIO, pace: Callable[[int], None] | None = None) -> Verification:
+    """Hash `file` to its end in `CHUNK` reads into one buffer; `pace(n)` after each read."""
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    while n := file.readinto(view):  # type: ignore[attr-defined]
+        digest.update(view[:n])
+        size += n
+        if pace is not None:
+            pace(n)
+    return Verification(size, digest.hexdigest())
+
+
+def quarantine_stamp() -> str:
+    """The UTC time a quarantined copy is named after (sortable, unique to the microsecond)."""
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 class BlobWriter(Protocol):
@@ -100,6 +139,15 @@ class BlobStore(Protocol):
     def sweep_temp(self, max_age_seconds: float) -> int: ...
 
     def check_writable(self) -> None: ...
+
+    def verify(self, sha256: str, pace: Callable[[int], None] | None = None) -> Verification | None:
+        """Re-read and re-hash the stored blob (`pace(n)` after each chunk); None if it is missing."""
+
+    def quarantine(self, sha256: str) -> None:
+        """Move the blob out of its address into quarantine (kept for inspection); no-op if missing."""
+
+    def free_bytes(self) -> int | None:
+        """Free bytes on the volume the blobs are on; None when there is no volume (S3, memory)."""
 
     def download_url(
         self, sha256: str, content_type: str, disposition: str, cache_control: str
@@ -209,6 +257,7 @@ class LocalBlobStore:
         self.root = root
         self.blobs = root / "sha256"
         self.tmp = root / "tmp"
+        self.quarantined = root / "quarantine"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._live: set[Path] = set()  # this process's writers (see the module's docstring)
@@ -235,6 +284,10 @@ class LocalBlobStore:
                 self._live.discard(path)
 
     def commit(self, writer: BlobWriter) -> bool:
+        """Rename the temp file to its address; True when the address already held a file of the
+        same size (dedup). The existing file is replaced all the same: these bytes were just hashed,
+        its own may have rotted since (a same-size corruption is healed here for free, a different
+        size is logged). Readers that have it open keep the old inode."""
         assert isinstance(writer, LocalBlobWriter)
         staged = writer.finish()
         final = self.path_for(staged.sha256)
@@ -242,12 +295,7 @@ class LocalBlobStore:
             size = final.stat().st_size
         except FileNotFoundError:
             size = None
-        if size == staged.size:
-            # Dedup: the address already holds these bytes (same digest, same size).
-            writer.path.unlink(missing_ok=True)
-            return True
-        if size is not None:
-            # Damaged (truncated, say): the verified new copy replaces it, atomically.
+        if size is not None and size != staged.size:
             log.warning(
                 "blob %s had %d bytes instead of %d; replaced by a new upload", final, size, staged.size
             )
@@ -256,7 +304,7 @@ class LocalBlobStore:
         _fsync_dir(final.parent)
         for d in created:
             _fsync_dir(d.parent)
-        return False
+        return size == staged.size
 
     def open(self, sha256: str, start: int = 0, length: int | None = None) -> BinaryIO:
         try:
@@ -273,6 +321,30 @@ class LocalBlobStore:
         path = self.path_for(sha256)
         path.unlink(missing_ok=True)
         _fsync_dir(path.parent)
+
+    def verify(self, sha256: str, pace: Callable[[int], None] | None = None) -> Verification | None:
+        try:
+            file = open(self.path_for(sha256), "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return None
+        with file:
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            return rehash(cast(BinaryIO, file), pace)
+
+    def quarantine(self, sha256: str) -> None:
+        """Rename the blob to `<root>/quarantine/<hex>.<UTC timestamp>` (same filesystem: atomic)."""
+        path = self.path_for(sha256)
+        self.quarantined.mkdir(exist_ok=True)
+        try:
+            os.rename(path, self.quarantined / f"{sha256}.{quarantine_stamp()}")
+        except FileNotFoundError:
+            return
+        _fsync_dir(self.quarantined)
+        _fsync_dir(path.parent)
+
+    def free_bytes(self) -> int | None:
+        return shutil.disk_usage(self.root).free
 
     def blobs_older_than(self, seconds: float) -> Iterator[str]:
         # The rename into place sets the ctime: it is when the blob got its address.
@@ -400,6 +472,7 @@ class InMemoryBlobStore:
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
         self.stored_at: dict[str, float] = {}
+        self.quarantined: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
     @contextmanager
@@ -407,14 +480,14 @@ class InMemoryBlobStore:
         yield MemoryBlobWriter(max_bytes)
 
     def commit(self, writer: BlobWriter) -> bool:
+        """As the volume: the new bytes replace what the address held; True if it held as many."""
         assert isinstance(writer, MemoryBlobWriter)
         staged = writer.finish()
         with self._lock:
-            if staged.sha256 in self.blobs:
-                return True
+            held = self.blobs.get(staged.sha256)
             self.blobs[staged.sha256] = bytes(writer.buffer)
             self.stored_at[staged.sha256] = time.time()
-            return False
+            return held is not None and len(held) == staged.size
 
     def open(self, sha256: str, start: int = 0, length: int | None = None) -> BinaryIO:
         try:
@@ -430,6 +503,20 @@ class InMemoryBlobStore:
         with self._lock:
             self.blobs.pop(check_digest(sha256), None)
             self.stored_at.pop(sha256, None)
+
+    def verify(self, sha256: str, pace: Callable[[int], None] | None = None) -> Verification | None:
+        data = self.blobs.get(check_digest(sha256))
+        return None if data is None else rehash(io.BytesIO(data), pace)
+
+    def quarantine(self, sha256: str) -> None:
+        with self._lock:
+            data = self.blobs.pop(check_digest(sha256), None)
+            self.stored_at.pop(sha256, None)
+            if data is not None:
+                self.quarantined[sha256] = data
+
+    def free_bytes(self) -> int | None:
+        return None
 
     def blobs_older_than(self, seconds: float) -> Iterator[str]:
         cutoff = time.time() - seconds

@@ -165,6 +165,33 @@ VARIABLES: tuple[Variable, ...] = (
         "3600",
         "A blob no record references is removed once it is this old (the reconciler)",
     ),
+    Variable(
+        "MEDIA_QUOTA_BYTES_PER_USER", None, "Bytes a subject may keep stored (logical); unset: unlimited"
+    ),
+    Variable("MEDIA_QUOTA_FILES_PER_USER", None, "Files a subject may keep stored; unset: unlimited"),
+    Variable(
+        "MEDIA_MIN_FREE_BYTES",
+        str(512 * MiB),
+        "New uploads get 507 while the CAS volume has less free space than this (fs only); 0: off",
+    ),
+    Variable("MEDIA_SCAN", "off", "Malware scanning of every upload while it streams: off or clamd"),
+    Variable(
+        "MEDIA_CLAMD_ADDRESS", "tcp://127.0.0.1:3310", "clamd's socket: tcp://host:port or unix:///path"
+    ),
+    Variable("MEDIA_SCAN_TIMEOUT_SECONDS", "10", "Connect, send and verdict timeout of each clamd exchange"),
+    Variable(
+        "MEDIA_SCAN_FAIL_OPEN",
+        "0",
+        "1: an upload is stored unscanned when clamd is down or slow (logged, counted); 0: it gets 503",
+    ),
+    Variable(
+        "MEDIA_SCRUB_MIB_PER_SECOND",
+        "2",
+        "The integrity scrub's read rate per maintenance round (MiB/s); 0: no background scrub",
+    ),
+    Variable(
+        "MEDIA_SCRUB_INTERVAL_HOURS", "168", "The scrub covers the whole store once per this many hours"
+    ),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
     Variable("MEDIA_AUDIT_LOG", "on", "The audit events on the logger `media.audit`: on or off"),
     Variable("MEDIA_METRICS_HTTP", "on", "The HTTP metrics of /metrics: on or off"),
@@ -258,6 +285,36 @@ def _float(env: Mapping[str, str], name: str) -> float:
     if value <= 0:
         raise ConfigError(f"{name} must be a positive number, got {raw!r}")
     return value
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    """Unset: None (no limit); else an integer >= 0."""
+    return None if _get(env, name) is None else _int(env, name)
+
+
+def _rate(env: Mapping[str, str], name: str) -> float:
+    """A number >= 0 (0: off)."""
+    raw = _get(env, name)
+    try:
+        value = float(raw) if raw is not None else -1.0
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"{name} must be a number >= 0, got {raw!r}")
+    return value
+
+
+def _clamd_address(raw: str) -> str:
+    parsed = urlsplit(raw)
+    if parsed.scheme == "unix" and parsed.path:
+        return raw
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme == "tcp" and parsed.hostname and port and not parsed.path.strip("/"):
+        return raw
+    raise ConfigError(f"MEDIA_CLAMD_ADDRESS must be tcp://host:port or unix:///path, got {raw!r}")
 
 
 AUTH_MODES = ("offline", "introspect", "both")
@@ -397,6 +454,15 @@ class Config:
     temp_max_age_seconds: int
     temp_sweep_interval_seconds: int
     orphan_grace_seconds: int
+    quota_bytes_per_user: int | None
+    quota_files_per_user: int | None
+    min_free_bytes: int
+    scan: str
+    clamd_address: str
+    scan_timeout_seconds: float
+    scan_fail_open: bool
+    scrub_mib_per_second: float
+    scrub_interval_hours: float
     log_level: str
     audit_log: bool
     metrics_http: bool
@@ -471,6 +537,15 @@ class Config:
             temp_max_age_seconds=_int(env, "MEDIA_TEMP_MAX_AGE_SECONDS"),
             temp_sweep_interval_seconds=_int(env, "MEDIA_TEMP_SWEEP_INTERVAL_SECONDS", minimum=1),
             orphan_grace_seconds=_int(env, "MEDIA_ORPHAN_GRACE_SECONDS"),
+            quota_bytes_per_user=_optional_int(env, "MEDIA_QUOTA_BYTES_PER_USER"),
+            quota_files_per_user=_optional_int(env, "MEDIA_QUOTA_FILES_PER_USER"),
+            min_free_bytes=_int(env, "MEDIA_MIN_FREE_BYTES"),
+            scan=_choice(env, "MEDIA_SCAN", ("off", "clamd")),
+            clamd_address=_clamd_address(_get(env, "MEDIA_CLAMD_ADDRESS") or ""),
+            scan_timeout_seconds=_float(env, "MEDIA_SCAN_TIMEOUT_SECONDS"),
+            scan_fail_open=_choice(env, "MEDIA_SCAN_FAIL_OPEN", ("0", "1")) == "1",
+            scrub_mib_per_second=_rate(env, "MEDIA_SCRUB_MIB_PER_SECOND"),
+            scrub_interval_hours=_float(env, "MEDIA_SCRUB_INTERVAL_HOURS"),
             log_level=_log_level(_get(env, "MEDIA_LOG_LEVEL")),
             audit_log=_choice(env, "MEDIA_AUDIT_LOG", ("on", "off")) == "on",
             metrics_http=_choice(env, "MEDIA_METRICS_HTTP", ("on", "off")) == "on",

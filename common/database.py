@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -117,6 +117,10 @@ def _server_timeout(timeout_seconds: float) -> dict[str, Any]:
 # before 1.21 does not track them), so nothing is prepared. Session state is never relied on: the
 # digest lock is transaction-scoped (repository.py).
 _THROUGH_TRANSACTION_POOLER: dict[str, Any] = {"prepare_threshold": None}
+
+
+# What the repository's SQL modules are handed: a pool checkout, as a context manager.
+Connect = Callable[[], AbstractContextManager[DeadlineConnection]]
 
 
 class Database:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from common.httpclient import HttpClient, UpstreamUnavailable
 from common.problems import BadRequest
-from common.repository import OutboxEvent
+from common.records import OutboxEvent
 
 log = logging.getLogger("media.events")
 

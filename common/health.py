@@ -1,4 +1,5 @@
-"""Liveness (touches nothing) and readiness (database answers, storage volume writable)."""
+"""Liveness (touches nothing) and readiness (database answers, storage volume writable; free space
+and the malware scanner reported, not required)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,26 @@ def readiness(services: Services) -> tuple[bool, dict[str, Any]]:
     return ready, {
         "status": "ready" if ready else "unavailable",
         "checks": checks,
+        "reports": reports(services),
         "libmagic": libmagic_version(),
     }
+
+
+def reports(services: Services) -> dict[str, Any]:
+    """What readiness reports without failing on it: downloads work without free space or a
+    scanner, so a pod that cannot take uploads stays in the Service (uploads answer 507/503)."""
+    free = services.store.free_bytes()
+    minimum = services.config.min_free_bytes
+    out: dict[str, Any] = {
+        "free_space": {
+            "free_bytes": free,
+            "min_free_bytes": minimum,
+            "accepting_uploads": free is None or minimum <= 0 or free >= minimum,
+        }
+    }
+    if services.config.scan != "off":
+        out["scanner"] = _timed("scanner", services.scanner.ping)
+    return out
 
 
 def register_probes(routes: Routes) -> None:

@@ -8,7 +8,12 @@ Each round:
 - once per `temp_sweep_interval_seconds` across all processes (one of them wins the round in the
   database), the store is reconciled with the table: a blob that no record references and that is
   older than `orphan_grace_seconds` is removed under its digest lock. Such blobs are what a crash,
-  or a database that stopped answering, between an upload's rename and its INSERT leaves behind.
+  or a database that stopped answering, between an upload's rename and its INSERT leaves behind;
+- quota holds that lapsed (their upload's process died) are forgotten;
+- running erasures nobody holds a lease on are carried on (`erasure.py`), for a bounded time.
+In a thread of its own (`scrub_tick`, it spends most of a period reading), once per period across
+all processes, unless MEDIA_SCRUB_MIB_PER_SECOND is 0: a slice of the integrity scrub
+(`scrub.py`), the stored blobs re-hashed, paced to that rate.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import itertools
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 
-from common import metrics
+from common import metrics, scrub
 from common.cas import BlobStore
 from common.config import Config
+from common.erasure import resume_erasures
 from common.repository import MediaRepository
 
 log = logging.getLogger("media.maintenance")
@@ -45,10 +52,18 @@ def maintain(config: Config, store: BlobStore, repo: MediaRepository) -> None:
         log.info("removed expired pending upload %s", record.id)
         metrics.business(metrics.PRESIGNED, 1, "expired")
     repo.purge_rate_limits()
+    repo.purge_holds()
+    resume_erasures(store, repo, config.audit_log)
     if repo.claim_task(RECONCILE_TASK, config.temp_sweep_interval_seconds):
         orphans = reconcile_orphans(store, repo, config.orphan_grace_seconds)
         if orphans:
             log.info("removed %d orphan blob(s) no record referenced", orphans)
+
+
+def scrub_tick(config: Config, store: BlobStore, repo: MediaRepository) -> None:
+    """One period's slice of the integrity scrub, in one process at a time; nothing at rate 0."""
+    if config.scrub_mib_per_second > 0 and repo.claim_task(scrub.TASK, config.temp_sweep_interval_seconds):
+        scrub.background_round(config, store, repo)
 
 
 def reconcile_orphans(store: BlobStore, repo: MediaRepository, grace_seconds: float) -> int:
@@ -75,21 +90,23 @@ def reconcile_orphans(store: BlobStore, repo: MediaRepository, grace_seconds: fl
 
 
 def start_maintenance(config: Config, store: BlobStore, repo: MediaRepository) -> threading.Event:
-    """Run `maintain` at start-up and then every `temp_sweep_interval_seconds`, in a daemon thread.
+    """Run `maintain` at start-up and then every `temp_sweep_interval_seconds`, in a daemon thread,
+    and `scrub_tick` likewise in another (a long scrub slice never delays the housekeeping).
 
-    Setting the returned event stops it.
+    Setting the returned event stops both.
     """
     stop = threading.Event()
 
-    def loop() -> None:
+    def every_period(work: Callable[[Config, BlobStore, MediaRepository], None], what: str) -> None:
         while True:
             try:
-                maintain(config, store, repo)
+                work(config, store, repo)
             except Exception:  # the database may be away; next round
-                log.exception("maintenance failed; will retry")
+                log.exception("%s failed; will retry", what)
             if stop.wait(config.temp_sweep_interval_seconds):
                 return
 
-    thread = threading.Thread(target=loop, name="media-maintenance", daemon=True)
-    thread.start()
+    for work, name in ((maintain, "maintenance"), (scrub_tick, "scrub")):
+        thread = threading.Thread(target=every_period, args=(work, name), name=f"media-{name}", daemon=True)
+        thread.start()
     return stop

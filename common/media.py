@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from common import imaging, metrics, processing
+from common import admission, imaging, metrics, processing, quota
 from common.cas import BlobWriter
 from common.conditional import Content, HeaderLookup, Representation, evaluate
 from common.negotiation import Wanted, choose
@@ -44,11 +44,13 @@ from common.problems import (
     BadRequest,
     BlobMissing,
     Conflict,
+    ContentCorrupt,
     DatabaseUnavailable,
     Forbidden,
     NotFound,
 )
-from common.repository import STATUSES, DigestScope, ListQuery, MediaRecord, NewMedia
+from common.records import STATUSES, ListQuery, MediaRecord, NewMedia
+from common.repository import DigestScope
 from common.services import Services
 from common.signing import check_download, sign_download
 from common.sniff import require_allowed
@@ -64,12 +66,18 @@ _NO_BLOB = "0" * 64  # the lock key for records that have no bytes yet
 
 
 def upload_multipart(
-    services: Services, principal: Principal, body: IO[bytes], content_type: str | None
+    services: Services,
+    principal: Principal,
+    body: IO[bytes],
+    content_type: str | None,
+    content_length: int | None = None,
 ) -> MediaRecord:
     require_scope(principal, WRITE)
     config = services.config
     services.limiter.take(services.limiter.uploads, principal.subject)
+    admission.require_free_space(services)
     detected: list[str] = []
+    hold = admission.Hold(services, principal.subject)
 
     def check_type(prefix: bytes) -> None:
         detected.append(require_allowed(prefix, config.allowed_types))
@@ -77,9 +85,14 @@ def upload_multipart(
     with (
         services.limiter.metered(body, principal.subject) as metered,
         services.store.writer(config.max_upload_bytes) as writer,
+        admission.guarded(services, writer, hold) as guard,
     ):
-        filename = receive_multipart(metered, content_type, writer, check_type)
+        # The file, and what the body's length says its bytes can be at most (else a first slice):
+        # concurrent uploads near the quota each hold about their own size.
+        hold.take(0, min(content_length or quota.GROW_BYTES, config.max_upload_bytes))
+        filename = receive_multipart(metered, content_type, guard, check_type)
         staged = writer.finish()
+        guard.screening.verdict()  # before the commit: an infected file never gets an address
         new = NewMedia(
             owner=principal.subject,
             filename=filename,
@@ -87,7 +100,12 @@ def upload_multipart(
             size=staged.size,
             sha256=staged.sha256,
         )
-        record = commit_blob(services, writer, staged.sha256, lambda scope: ready(scope, scope.insert(new)))
+
+        def write(scope: DigestScope) -> MediaRecord:
+            hold.settle(scope)
+            return ready(scope, scope.insert(new))
+
+        record = commit_blob(services, writer, staged.sha256, write)
     processing.published_after(services, record)
     return record
 
@@ -306,6 +324,8 @@ def _representation(services: Services, record: MediaRecord, want: Wanted, accep
 def _content(
     services: Services, record: MediaRecord, method: str, headers: HeaderLookup, want: Wanted
 ) -> Content:
+    if record.status == "corrupt":
+        raise ContentCorrupt("The stored bytes no longer match their SHA-256; they were quarantined")
     if record.status != "ready" or record.sha256 is None:
         raise NotFound(f"The content of this media is not available (status: {record.status})")
     chosen = _representation(services, record, want, headers.get("Accept"))

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from common.problems import DatabaseUnavailable
-from common.repository import (
+from common.quota import Limits, Usage, grant
+from common.records import (
+    CORRUPT_REASON,
     UPLOADED_EVENT,
-    DigestScope,
+    Erasure,
     ImageJob,
     ListQuery,
     MediaRecord,
@@ -26,9 +28,22 @@ from common.repository import (
     OutboxEvent,
     Outcome,
     Processing,
+    Reservation,
+    ScrubState,
     VariantRow,
     settled,
 )
+from common.repository import DigestScope
+
+_COUNTED = ("ready", "corrupt")  # the statuses usage counts (migration 0006's trigger)
+
+
+@dataclass
+class _Hold:
+    owner: str
+    bytes: int
+    files: int
+    expires: float  # time.monotonic()
 
 
 @dataclass
@@ -57,6 +72,10 @@ class InMemoryMediaRepository:
         self.jobs: dict[tuple[str, int], _Job] = {}
         self.outbox: list[OutboxEvent] = []
         self.sent: set[int] = set()
+        self.holds: dict[uuid.UUID, _Hold] = {}
+        self.erasures: dict[uuid.UUID, Erasure] = {}
+        self.erasure_leases: dict[uuid.UUID, float] = {}
+        self.erasure_blobs: dict[uuid.UUID, dict[str, int]] = {}
         self.available = True
 
     def _check(self) -> None:
@@ -149,7 +168,7 @@ class InMemoryMediaRepository:
         self._check()
         now = datetime.now(UTC)
         record = MediaRecord(
-            id=uuid.uuid4(),
+            id=new.id or uuid.uuid4(),
             owner=new.owner,
             filename=new.filename,
             content_type=new.content_type,
@@ -255,11 +274,153 @@ class InMemoryMediaRepository:
         self._check()
         self.sent.update(ids)
 
+    def usage(self, owner: str) -> Usage:
+        self._check()
+        with self._guard:
+            mine = [r for r in self.rows.values() if r.owner == owner and r.status in _COUNTED]
+        return Usage(sum(r.size for r in mine), len(mine))
+
+    def reserve(
+        self,
+        hold: uuid.UUID,
+        owner: str,
+        limits: Limits,
+        files: int,
+        need: int,
+        want: int,
+        ttl_seconds: float,
+    ) -> Reservation:
+        stored = self.usage(owner)
+        now = time.monotonic()
+        with self._guard:
+            others = [h for k, h in self.holds.items() if h.owner == owner and k != hold and h.expires > now]
+            held = Usage(sum(h.bytes for h in others), sum(h.files for h in others))
+            granted = grant(stored, held, limits, files, need, want)
+            if granted is not None:
+                self.holds[hold] = _Hold(owner, granted, files, now + ttl_seconds)
+        return Reservation(granted, stored)
+
+    def release_hold(self, hold: uuid.UUID) -> None:
+        self._check()
+        with self._guard:
+            self.holds.pop(hold, None)
+
+    def purge_holds(self) -> int:
+        now = time.monotonic()
+        with self._guard:
+            gone = [k for k, h in self.holds.items() if h.expires < now]
+            for k in gone:
+                del self.holds[k]
+        return len(gone)
+
+    def start_erasure(self, subject: str, requested_by: str) -> Erasure:
+        self._check()
+        with self._guard:
+            for e in self.erasures.values():
+                if e.subject == subject and e.state == "running":
+                    return e
+            e = Erasure(uuid.uuid4(), subject, requested_by, "running", 0, 0, 0, datetime.now(UTC), None)
+            self.erasures[e.id] = e
+            self.erasure_blobs[e.id] = {}
+            return e
+
+    def erasure(self, erasure: uuid.UUID) -> Erasure | None:
+        self._check()
+        return self.erasures.get(erasure)
+
+    def claim_erasure(self, lease_seconds: float, erasure: uuid.UUID | None = None) -> Erasure | None:
+        self._check()
+        now = time.monotonic()
+        with self._guard:
+            for e in sorted(self.erasures.values(), key=lambda e: e.requested_at):
+                if e.state != "running" or (erasure is not None and e.id != erasure):
+                    continue
+                if self.erasure_leases.get(e.id, 0.0) < now:
+                    self.erasure_leases[e.id] = now + lease_seconds
+                    return e
+        return None
+
+    def renew_erasure(self, erasure: uuid.UUID, lease_seconds: float) -> None:
+        self._check()
+        with self._guard:
+            self.erasure_leases[erasure] = time.monotonic() + lease_seconds
+
+    def release_erasure(self, erasure: uuid.UUID) -> None:
+        self._check()
+        with self._guard:
+            self.erasure_leases.pop(erasure, None)
+
+    def records_of(self, owner: str, limit: int) -> list[MediaRecord]:
+        self._check()
+        with self._guard:
+            return [r for r in self.rows.values() if r.owner == owner][:limit]
+
+    def erased_blobs(self, erasure: uuid.UUID, limit: int) -> list[tuple[str, int]]:
+        self._check()
+        with self._guard:
+            return sorted(self.erasure_blobs.get(erasure, {}).items())[:limit]
+
+    def finish_erasure(self, erasure: uuid.UUID) -> Erasure | None:
+        self._check()
+        with self._guard:
+            e = self.erasures.get(erasure)
+            if e is None or e.state != "running" or self.erasure_blobs.get(erasure):
+                return None
+            if any(r.owner == e.subject for r in self.rows.values()):
+                return None
+            done = replace(e, state="done", finished_at=datetime.now(UTC))
+            self.erasures[erasure] = done
+            self.erasure_leases.pop(erasure, None)
+            return done
+
+    def _count(self, erasure: uuid.UUID, records: int = 0, blobs: int = 0, size: int = 0) -> None:
+        e = self.erasures[erasure]
+        self.erasures[erasure] = replace(
+            e,
+            records_removed=e.records_removed + records,
+            blobs_removed=e.blobs_removed + blobs,
+            bytes_freed=e.bytes_freed + size,
+        )
+
     def ping(self) -> None:
         self._check()
 
     def close(self) -> None:
         return None
+
+    def mark_corrupt(self, sha256: str, reason: str = CORRUPT_REASON) -> int:
+        self._check()
+        now = datetime.now(UTC)
+        with self._guard:
+            hit = [r for r in self.rows.values() if r.sha256 == sha256 and r.status == "ready"]
+            for r in hit:
+                self.rows[r.id] = replace(r, status="corrupt", failure_reason=reason[:500], updated_at=now)
+        return len(hit)
+
+    def scrub_state(self) -> ScrubState:
+        self._check()
+        state: ScrubState = getattr(self, "scrub", ScrubState())
+        return state
+
+    def save_scrub_state(self, state: ScrubState) -> None:
+        self._check()
+        self.scrub = state
+
+    def referenced_totals(self) -> tuple[int, int]:
+        self._check()
+        sizes = {r.sha256: r.size for r in self.rows.values() if r.sha256}
+        for job in self.jobs.values():
+            for v in job.variants.values():
+                sizes[v.sha256] = max(v.size, sizes.get(v.sha256, 0))
+        return len(sizes), sum(sizes.values())
+
+    def statuses_of(self, sha256: str) -> dict[str, int]:
+        self._check()
+        counts: dict[str, int] = {}
+        for r in self.rows.values():
+            if r.sha256 == sha256:
+                counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
 
 
 class _MemoryDigestScope:
@@ -308,13 +469,40 @@ class _MemoryDigestScope:
             )
 
     def release_processing(self, sha256: str) -> list[str]:
+        return sorted({v.sha256 for v in self.release_variants(sha256)})
+
+    def release_variants(self, sha256: str) -> list[VariantRow]:
         self._repo._check()
         with self._repo._guard:
             if any(r.sha256 == sha256 for r in self._repo.rows.values()):
                 return []
             gone = [key for key in self._repo.jobs if key[0] == sha256]
-            digests = {v.sha256 for key in gone for v in self._repo.jobs.pop(key).variants.values()}
-        return sorted(digests)
+            return [v for key in gone for v in self._repo.jobs.pop(key).variants.values()]
+
+    def settle_hold(self, hold: uuid.UUID) -> None:
+        self._repo.release_hold(hold)
+
+    def erase(self, erasure: uuid.UUID, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
+        deleted = self.delete(media_id, sha256)
+        if deleted is None:
+            return None
+        with self._repo._guard:
+            self._repo._count(erasure, records=1)
+            if sha256 is not None and not any(r.sha256 == sha256 for r in self._repo.rows.values()):
+                self._repo.erasure_blobs[erasure].setdefault(sha256, deleted.size)
+        return deleted
+
+    def erased_blob(
+        self, erasure: uuid.UUID, sha256: str, size: int, removed: bool, variants: Sequence[VariantRow]
+    ) -> None:
+        self._repo._check()
+        with self._repo._guard:
+            if self._repo.erasure_blobs[erasure].pop(sha256, None) is None:
+                return
+            if removed:
+                self._repo._count(erasure, blobs=1, size=size)
+            for v in variants:
+                self._repo.erasure_blobs[erasure].setdefault(v.sha256, v.size)
 
     def add_variant(self, sha256: str, recipe: int, variant: VariantRow) -> bool:
         self._repo._check()

@@ -6,7 +6,8 @@
 - Business (`MEDIA_METRICS_BUSINESS`): uploads by kind and outcome, upload bytes, dedup hits,
   presigned URLs issued/completed/expired, downloads by kind, deletes.
 - System (`MEDIA_METRICS_SYSTEM`): authentication failures by reason, database pool connections
-  and errors, readiness check latencies, free bytes on the storage volume, temp files swept.
+  and errors, readiness check latencies, free bytes on the storage volume, temp files swept,
+  blobs the integrity scrub found corrupt.
 
 No label ever holds a user id, a media id or a token. `common.server` answers `GET /metrics` on each
 function's own port (never routed by the ingress). With several gunicorn workers, prometheus-client
@@ -67,6 +68,16 @@ DEDUP_HITS = Counter("media_dedup_hits_total", "Uploads whose bytes were already
 PRESIGNED = Counter("media_presigned_total", "Presigned uploads by event", ["event"])
 DOWNLOADS = Counter("media_downloads_total", "Content downloads by kind", ["kind"])
 DELETES = Counter("media_deletes_total", "Media records deleted")
+SCANS = Counter(
+    "media_scans_total",
+    "Uploads by malware scan verdict (clean, infected, unscanned: fail-open)",
+    ["verdict"],
+)
+QUOTA_REFUSALS = Counter("media_quota_refusals_total", "Uploads refused by a quota", ["limit"])
+FREE_SPACE_REFUSALS = Counter(
+    "media_free_space_refusals_total", "Uploads refused while free space is below MEDIA_MIN_FREE_BYTES"
+)
+ERASED_RECORDS = Counter("media_erased_records_total", "Records removed by per-user erasures")
 
 AUTH_FAILURES = Counter("media_auth_failures_total", "Requests refused for their token", ["reason"])
 DB_POOL = Gauge(
@@ -83,6 +94,9 @@ STORAGE_FREE = Gauge(
     "media_storage_free_bytes", "Free bytes on the storage volume", multiprocess_mode="mostrecent"
 )
 TEMP_SWEPT = Counter("media_temp_files_swept_total", "Abandoned temp files removed")
+SCRUB_MISMATCHES = Counter(
+    "media_scrub_mismatches_total", "Blobs the integrity scrub found not matching their SHA-256 (quarantined)"
+)
 S3_REQUESTS = Counter("media_s3_requests_total", "Calls to the object store by operation", ["operation"])
 S3_ERRORS = Counter(
     "media_s3_errors_total", "Object store calls that got no answer or a 5xx, by operation", ["operation"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from common.imaging import FORMATS
 from common.problems import BadRequest
-from common.repository import VariantRow
+from common.records import VariantRow
 
 MAX_WIDTH = 10_000
 NEGOTIATED = ("avif", "webp")  # in order of preference

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from common import processing
+from common import admission, processing
 from common.maintenance import upload_label
 from common.media import commit_blob, ready
 from common.problems import (
     BadRequest,
     BlobTooLarge,
     Conflict,
+    ContentRejected,
     Gone,
     LengthRequired,
     MalformedUpload,
@@ -26,7 +27,8 @@ from common.problems import (
     UnsupportedMediaType,
     UploadMismatch,
 )
-from common.repository import DigestScope, MediaRecord, NewPending
+from common.records import MediaRecord, NewPending
+from common.repository import DigestScope
 from common.services import Services
 from common.signing import UploadGrant, issue_upload_token, read_upload_token
 from common.sniff import detect
@@ -79,12 +81,20 @@ def presign(services: Services, principal: Principal, body: Any) -> PresignedUpl
         raise PayloadTooLarge(f"{size} bytes is over the limit", limit=config.max_upload_bytes)
 
     services.limiter.take(services.limiter.uploads, principal.subject)  # a presigned URL is an upload
+    admission.require_free_space(services)
+    # The declared size is held of the quota until the PUT settles it (or the URL is long expired).
+    hold = admission.Hold(services, principal.subject)
+    hold.take(size, size, ttl_seconds=config.presign_ttl_seconds + config.pending_grace_seconds)
     expires = int(services.clock()) + config.presign_ttl_seconds
     expires_at = datetime.fromtimestamp(expires, UTC)
     declared = sha256.lower() if isinstance(sha256, str) else None
-    record = services.repo.create_pending(
-        NewPending(principal.subject, safe_filename(filename), kind, size, declared, expires_at)
-    )
+    try:
+        record = services.repo.create_pending(
+            NewPending(principal.subject, safe_filename(filename), kind, size, declared, expires_at, hold.id)
+        )
+    except BaseException:
+        hold.release()
+        raise
     grant = UploadGrant(record.id, principal.subject, size, kind, declared, expires)
     token = issue_upload_token(services.keys, grant)
     return PresignedUpload(
@@ -115,6 +125,7 @@ def complete_upload(
         raise BadRequest(f"Content-Length is {content_length}; this URL was signed for {grant.size} bytes")
     if normalise_type(content_type) != grant.content_type:
         raise UnsupportedMediaType(f"Send Content-Type: {grant.content_type}, as signed")
+    admission.require_free_space(services)
     claimed = services.repo.claim(grant.media_id, services.config.temp_max_age_seconds)
     if claimed is None:
         current = services.repo.get(grant.media_id)
@@ -130,13 +141,18 @@ def complete_upload(
                 f"the content is {detected}, not the signed {grant.content_type}", unsupported_type=True
             )
 
+    # The presign's hold (same id as the record), taken again: a retry after a failed PUT, whose
+    # hold was released, must still fit.
+    hold = admission.Hold(services, grant.owner, grant.media_id)
     try:
         with (
             services.limiter.metered(body, grant.owner) as metered,
             services.store.writer(grant.size, label=upload_label(grant.media_id)) as writer,
+            admission.guarded(services, writer, hold) as guard,
         ):
+            hold.take(grant.size, grant.size)
             try:
-                receive_body(metered, writer, check_type)
+                receive_body(metered, guard, check_type)
             except BlobTooLarge:
                 raise UploadMismatch(f"the body is longer than the signed {grant.size} bytes") from None
             if writer.size != grant.size:
@@ -146,21 +162,25 @@ def complete_upload(
                 raise UploadMismatch(
                     f"the content's SHA-256 is {staged.sha256}, not the signed {grant.sha256}"
                 )
+            guard.screening.verdict()
             record = commit_blob(
-                services, writer, staged.sha256, _completer(grant.media_id, staged.sha256, staged.size)
+                services, writer, staged.sha256, _completer(hold, grant.media_id, staged.sha256, staged.size)
             )
         processing.published_after(services, record)
         return record
-    except UploadMismatch as exc:
-        services.repo.fail(grant.media_id, str(exc))
+    except (UploadMismatch, ContentRejected) as exc:
+        services.repo.fail(grant.media_id, str(exc))  # the URL is spent: its bytes were refused
         raise
     except BaseException:
         services.repo.release(grant.media_id)  # nothing contradicted the signature: retry with the same URL
         raise
 
 
-def _completer(media_id: uuid.UUID, sha256: str, size: int) -> Callable[[DigestScope], MediaRecord]:
+def _completer(
+    hold: admission.Hold, media_id: uuid.UUID, sha256: str, size: int
+) -> Callable[[DigestScope], MediaRecord]:
     def write(scope: DigestScope) -> MediaRecord:
+        hold.settle(scope)
         done = scope.complete(media_id, sha256, size)
         if done is None:
             raise Gone("This upload was removed while its bytes were arriving; request a new URL")

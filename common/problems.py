@@ -185,6 +185,33 @@ class InsufficientStorage(Problem):
     status, slug, title = 507, "insufficient-storage", "Insufficient storage"
 
 
+class QuotaExceeded(Problem):
+    """The subject's storage quota would be passed; the body says usage and limit."""
+
+    status, slug, title = 413, "quota-exceeded", "Storage quota exceeded"
+
+
+class ContentRejected(Problem):
+    """The malware scanner found something; the body names the signature."""
+
+    status, slug, title = 422, "content-rejected", "Content rejected by the malware scanner"
+
+
+class ScannerUnavailable(Problem):
+    """The malware scanner did not answer in time; nothing was stored (fail closed)."""
+
+    status, slug, title = 503, "scanner-unavailable", "Malware scanner unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class ContentCorrupt(Problem):
+    """The integrity scrub found the stored bytes no longer match their digest; they are quarantined."""
+
+    status, slug, title = 410, "content-corrupt", "The stored content is corrupt"
+
+
 class StoredContentMissing(Problem):
     """A record whose bytes the store does not have: a fault on our side, named and logged."""
 
@@ -271,6 +298,10 @@ class StorageUnavailable(MediaError):
     """The object store did not answer in time, or answered with a server error."""
 
 
+class ScanFailed(MediaError):
+    """The scanner could not be reached, timed out or answered something unexpected."""
+
+
 def to_problem(exc: BaseException) -> Problem:
     """Translate any exception to the problem the client sees (unknown ones become a bare 500)."""
     if isinstance(exc, Problem):
@@ -298,4 +329,8 @@ def to_problem(exc: BaseException) -> Problem:
         return ServiceUnavailable("The database is unavailable; retry shortly")
     if isinstance(exc, StorageUnavailable):
         return ServiceUnavailable("The object store is unavailable; retry shortly")
+    if isinstance(exc, ScanFailed):
+        return ScannerUnavailable(
+            f"The malware scanner is unavailable ({exc}); nothing was stored, retry shortly"
+        )
     return Problem()

@@ -39,7 +39,8 @@ from common import imaging
 from common.events import DRAIN_EVENT, PING_EVENT, NoSink, Received
 from common.imaging import ImageRejected, Limits, Variant
 from common.problems import BlobMissing, DatabaseUnavailable, StorageUnavailable
-from common.repository import UPLOADED_EVENT, DigestScope, ImageJob, MediaRecord, Outcome, VariantRow
+from common.records import UPLOADED_EVENT, ImageJob, MediaRecord, Outcome, VariantRow
+from common.repository import DigestScope
 from common.services import Services
 
 log = logging.getLogger("media.processing")

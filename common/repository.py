@@ -1,6 +1,9 @@
 """Media records in PostgreSQL (psycopg 3 with a per-process pool), and an in-memory twin for tests.
 
-Only this module speaks SQL. Every query is parameterised. Connections come from
+`MediaRepository` and `DigestScope` are the contract; `PgMediaRepository` keeps it, with the SQL of
+records, digests, maintenance rounds and rate limits here and that of image processing, people's
+data and the scrub in `sql_processing.py`, `sql_accounts.py` and `sql_scrub.py` (mixed in). Only
+these modules speak SQL; what rows become is `records.py`. Every query is parameterised. Connections come from
 `database.Database`, which bounds every wait on the server and turns driver and pool failures
 into `DatabaseUnavailable` (503 at the edge) and values the database refuses into
 `UnstorableInput` (400): never psycopg exceptions.
@@ -21,124 +24,30 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
-from psycopg.types.json import Jsonb
-
 from common.database import Database, DeadlineConnection, translate_errors
-
-STATUSES = ("pending", "ready", "failed")
-UPLOADED_EVENT = "media.uploaded"  # the CloudEvent type the outbox publishes
-
-
-@dataclass(frozen=True)
-class MediaRecord:
-    id: uuid.UUID
-    owner: str
-    filename: str
-    content_type: str
-    size: int
-    sha256: str | None
-    status: str
-    created_at: datetime
-    updated_at: datetime
-    expires_at: datetime | None = None  # pending uploads: when the upload URL expires
-    failure_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class NewPending:
-    owner: str
-    filename: str
-    content_type: str
-    size: int
-    declared_sha256: str | None
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class NewMedia:
-    owner: str
-    filename: str
-    content_type: str
-    size: int
-    sha256: str
-    status: str = "ready"
-
-
-@dataclass(frozen=True)
-class ListQuery:
-    owner: str | None  # None: every owner (admins)
-    limit: int
-    after: tuple[datetime, uuid.UUID] | None = None  # keyset: rows strictly older than this
-    content_type_prefix: str | None = None
-    status: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """A claimed piece of the process function's work: one original, one recipe version."""
-
-    sha256: str
-    recipe: int
-    content_type: str
-    attempts: int  # including this one; also the claim's token (finish_job checks it)
-
-
-@dataclass(frozen=True)
-class VariantRow:
-    format: str
-    width: int
-    height: int
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Processing:
-    """What `GET /media/{id}` says of an image's processing."""
-
-    state: str  # pending | done | failed
-    reason: str | None
-    width: int | None
-    height: int | None
-    blurhash: str | None
-    dominant_color: str | None
-    variants: tuple[VariantRow, ...]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a claimed job ended: done (with what was made), failed for good, or to be retried."""
-
-    state: str  # done | failed | retry
-    reason: str | None = None
-    retry_after_seconds: float = 0.0
-    width: int | None = None
-    height: int | None = None
-    blurhash: str | None = None
-    dominant_color: str | None = None
-
-
-@dataclass(frozen=True)
-class OutboxEvent:
-    id: int
-    type: str
-    subject: str
-    data: dict[str, Any]
-    created_at: datetime
-
-
-def settled(job: ImageJob, outcome: Outcome, max_attempts: int) -> tuple[str, str | None, float]:
-    """(state, reason, delay before the next attempt) to record: a retry past `max_attempts` is a
-    failure for good (the dead letter), with the last reason."""
-    if outcome.state != "retry":
-        return outcome.state, outcome.reason, 0.0
-    if job.attempts >= max_attempts:
-        return "failed", f"gave up after {job.attempts} attempts: {outcome.reason}", 0.0
-    return "pending", outcome.reason, outcome.retry_after_seconds
+from common.quota import Limits, Usage
+from common.records import (
+    CORRUPT_REASON,
+    MEDIA_COLUMNS,
+    Erasure,
+    ImageJob,
+    ListQuery,
+    MediaRecord,
+    NewMedia,
+    NewPending,
+    OutboxEvent,
+    Outcome,
+    Processing,
+    Reservation,
+    ScrubState,
+    VariantRow,
+    media_record,
+)
+from common.sql_accounts import AccountQueries, AccountScope
+from common.sql_processing import ProcessingQueries, ProcessingScope
+from common.sql_scrub import ScrubQueries
 
 
 class DigestScope(Protocol):
@@ -164,6 +73,23 @@ class DigestScope(Protocol):
     def add_variant(self, sha256: str, recipe: int, variant: VariantRow) -> bool:
         """Record a variant of the job (sha256, recipe); False when that job is gone (its original
         was deleted meanwhile). Holds the job row (FOR SHARE) until the scope ends."""
+
+    def settle_hold(self, hold: uuid.UUID) -> None:
+        """The upload's quota hold ends in the transaction that writes its record (the counters
+        take over)."""
+
+    def erase(self, erasure: uuid.UUID, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
+        """Delete the record for the erasure (as `delete`), count it on the receipt, and note its
+        blob to free when no other record has it; all in this transaction."""
+
+    def release_variants(self, sha256: str) -> list[VariantRow]:
+        """`release_processing`, with the variants' sizes."""
+
+    def erased_blob(
+        self, erasure: uuid.UUID, sha256: str, size: int, removed: bool, variants: Sequence[VariantRow]
+    ) -> None:
+        """The erasure's blob `sha256` was checked: counted on the receipt if `removed`; the
+        variants it released are noted to check in turn."""
 
 
 class MediaRepository(Protocol):
@@ -225,9 +151,66 @@ class MediaRepository(Protocol):
 
     def mark_sent(self, ids: Sequence[int]) -> None: ...
 
+    def usage(self, owner: str) -> Usage:
+        """What the owner keeps stored (the counters, not a scan)."""
+
+    def reserve(
+        self,
+        hold: uuid.UUID,
+        owner: str,
+        limits: Limits,
+        files: int,
+        need: int,
+        want: int,
+        ttl_seconds: float,
+    ) -> Reservation:
+        """Create or grow the hold under the owner's usage row lock (`quota.grant` decides)."""
+
+    def release_hold(self, hold: uuid.UUID) -> None: ...
+
+    def purge_holds(self) -> int:
+        """Forget the holds that lapsed (their process died)."""
+
+    def start_erasure(self, subject: str, requested_by: str) -> Erasure:
+        """A new erasure of the subject, or the one already running."""
+
+    def erasure(self, erasure: uuid.UUID) -> Erasure | None: ...
+
+    def claim_erasure(self, lease_seconds: float, erasure: uuid.UUID | None = None) -> Erasure | None:
+        """A running erasure (that one, or any) nobody holds a lease on, leased for `lease_seconds`."""
+
+    def renew_erasure(self, erasure: uuid.UUID, lease_seconds: float) -> None:
+        """The holder is still at it: its lease runs `lease_seconds` from now."""
+
+    def release_erasure(self, erasure: uuid.UUID) -> None:
+        """Give up the lease (the request's share is over): the maintenance takes over at once."""
+
+    def records_of(self, owner: str, limit: int) -> list[MediaRecord]:
+        """Any `limit` of the owner's records, whatever their status."""
+
+    def erased_blobs(self, erasure: uuid.UUID, limit: int) -> list[tuple[str, int]]:
+        """The erasure's blobs still to check: (sha256, size)."""
+
+    def finish_erasure(self, erasure: uuid.UUID) -> Erasure | None:
+        """Done, if nothing of the subject and nothing to check is left; else None."""
+
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
+
+    def mark_corrupt(self, sha256: str, reason: str = CORRUPT_REASON) -> int:
+        """The ready records of `sha256` become `corrupt` (with `reason`); how many did."""
+
+    def scrub_state(self) -> ScrubState:
+        """Where the integrity scrub stands (a fresh state before its first round)."""
+
+    def save_scrub_state(self, state: ScrubState) -> None: ...
+
+    def referenced_totals(self) -> tuple[int, int]:
+        """(distinct referenced digests, their bytes): what a full scrub pass reads."""
+
+    def statuses_of(self, sha256: str) -> dict[str, int]:
+        """How many records of `sha256` there are, by status."""
 
 
 def _lock_key(sha256: str) -> int:
@@ -235,17 +218,7 @@ def _lock_key(sha256: str) -> int:
     return int(sha256[:16], 16) - (1 << 63)
 
 
-_COLUMNS = (
-    "id, owner, filename, content_type, size, sha256, status,"
-    " created_at, updated_at, expires_at, failure_reason"
-)
-
-
-def _record(row: dict[str, Any]) -> MediaRecord:
-    return MediaRecord(**row)
-
-
-class _PgDigestScope:
+class _PgDigestScope(ProcessingScope, AccountScope):
     def __init__(self, conn: DeadlineConnection) -> None:
         self._conn = conn
 
@@ -253,29 +226,30 @@ class _PgDigestScope:
         with translate_errors(), self._conn.transaction():
             row = self._conn.execute(
                 f"INSERT INTO media (id, owner, filename, content_type, size, sha256, status)"  # noqa: S608
-                f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+                f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {MEDIA_COLUMNS}",
                 (uuid.uuid4(), new.owner, new.filename, new.content_type, new.size, new.sha256, new.status),
             ).fetchone()
         assert row is not None
-        return _record(row)
+        return media_record(row)
 
     def complete(self, media_id: uuid.UUID, sha256: str, size: int) -> MediaRecord | None:
         with translate_errors(), self._conn.transaction():
             row = self._conn.execute(
                 "UPDATE media SET status = 'ready', sha256 = %s, size = %s, claimed_at = NULL,"  # noqa: S608
-                f" updated_at = clock_timestamp() WHERE id = %s AND status = 'pending' RETURNING {_COLUMNS}",
+                " updated_at = clock_timestamp() WHERE id = %s AND status = 'pending'"
+                f" RETURNING {MEDIA_COLUMNS}",
                 (sha256, size, media_id),
             ).fetchone()
-        return _record(row) if row else None
+        return media_record(row) if row else None
 
     def delete(self, media_id: uuid.UUID, sha256: str | None) -> MediaRecord | None:
         with translate_errors(), self._conn.transaction():
             row = self._conn.execute(
                 "DELETE FROM media WHERE id = %s AND sha256 IS NOT DISTINCT FROM %s"  # noqa: S608
-                f" RETURNING {_COLUMNS}",
+                f" RETURNING {MEDIA_COLUMNS}",
                 (media_id, sha256),
             ).fetchone()
-        return _record(row) if row else None
+        return media_record(row) if row else None
 
     def references(self, sha256: str) -> int:
         with translate_errors():
@@ -287,51 +261,8 @@ class _PgDigestScope:
         assert row is not None
         return int(row["n"])
 
-    def enqueue_processing(self, sha256: str, recipe: int, content_type: str, media_id: uuid.UUID) -> None:
-        with translate_errors(), self._conn.transaction():
-            self._conn.execute(
-                "INSERT INTO image_jobs (sha256, recipe, content_type) VALUES (%s, %s, %s)"
-                " ON CONFLICT (sha256, recipe) DO NOTHING",
-                (sha256, recipe, content_type),
-            )
-            self._conn.execute(
-                "INSERT INTO outbox (type, subject, data) VALUES (%s, %s, %s)",
-                (
-                    UPLOADED_EVENT,
-                    str(media_id),
-                    Jsonb({"id": str(media_id), "sha256": sha256, "content_type": content_type}),
-                ),
-            )
 
-    def release_processing(self, sha256: str) -> list[str]:
-        with translate_errors(), self._conn.transaction():
-            held = self._conn.execute("SELECT 1 FROM media WHERE sha256 = %s LIMIT 1", (sha256,)).fetchone()
-            if held is not None:
-                return []
-            rows = self._conn.execute(
-                "DELETE FROM image_variants WHERE sha256 = %s RETURNING variant_sha256", (sha256,)
-            ).fetchall()
-            self._conn.execute("DELETE FROM image_jobs WHERE sha256 = %s", (sha256,))
-        return sorted({str(r["variant_sha256"]) for r in rows})
-
-    def add_variant(self, sha256: str, recipe: int, variant: VariantRow) -> bool:
-        with translate_errors(), self._conn.transaction():
-            job = self._conn.execute(
-                "SELECT 1 FROM image_jobs WHERE sha256 = %s AND recipe = %s FOR SHARE", (sha256, recipe)
-            ).fetchone()
-            if job is None:
-                return False
-            self._conn.execute(
-                "INSERT INTO image_variants (sha256, recipe, format, width, height, size, variant_sha256)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha256, recipe, format, width)"
-                " DO UPDATE SET height = EXCLUDED.height, size = EXCLUDED.size,"
-                " variant_sha256 = EXCLUDED.variant_sha256",
-                (sha256, recipe, variant.format, variant.width, variant.height, variant.size, variant.sha256),
-            )
-        return True
-
-
-class PgMediaRepository:
+class PgMediaRepository(ProcessingQueries, AccountQueries, ScrubQueries):
     """Opens its pool on construction; build it per process, after the fork (see services.py)."""
 
     def __init__(
@@ -353,10 +284,10 @@ class PgMediaRepository:
     def get(self, media_id: uuid.UUID) -> MediaRecord | None:
         with self._conn() as conn:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM media WHERE id = %s",  # noqa: S608
+                f"SELECT {MEDIA_COLUMNS} FROM media WHERE id = %s",  # noqa: S608
                 (media_id,),
             ).fetchone()
-        return _record(row) if row else None
+        return media_record(row) if row else None
 
     def list_media(self, query: ListQuery) -> list[MediaRecord]:
         where: list[str] = []
@@ -373,14 +304,14 @@ class PgMediaRepository:
         if query.status:
             where.append("status = %s")
             params.append(query.status)
-        sql = f"SELECT {_COLUMNS} FROM media"  # noqa: S608 - only fixed fragments are joined
+        sql = f"SELECT {MEDIA_COLUMNS} FROM media"  # noqa: S608 - only fixed fragments are joined
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
         params.append(query.limit)
         with self._conn() as conn:
             rows = conn.execute(sql.encode(), params).fetchall()
-        return [_record(r) for r in rows]
+        return [media_record(r) for r in rows]
 
     @contextmanager
     def digest_scope(self, sha256: str) -> Iterator[DigestScope]:
@@ -460,9 +391,9 @@ class PgMediaRepository:
             row = conn.execute(
                 "INSERT INTO media"  # noqa: S608 - only the fixed column list is interpolated
                 " (id, owner, filename, content_type, size, status, expires_at, declared_sha256)"
-                f" VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s) RETURNING {_COLUMNS}",
+                f" VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s) RETURNING {MEDIA_COLUMNS}",
                 (
-                    uuid.uuid4(),
+                    new.id or uuid.uuid4(),
                     new.owner,
                     new.filename,
                     new.content_type,
@@ -472,7 +403,7 @@ class PgMediaRepository:
                 ),
             ).fetchone()
         assert row is not None
-        return _record(row)
+        return media_record(row)
 
     def claim(self, media_id: uuid.UUID, stale_after_seconds: int) -> MediaRecord | None:
         with self._conn() as conn:
@@ -480,10 +411,10 @@ class PgMediaRepository:
                 "UPDATE media SET claimed_at = clock_timestamp()"  # noqa: S608
                 " WHERE id = %s AND status = 'pending' AND (claimed_at IS NULL"
                 " OR claimed_at < clock_timestamp() - make_interval(secs => %s))"
-                f" RETURNING {_COLUMNS}",
+                f" RETURNING {MEDIA_COLUMNS}",
                 (media_id, stale_after_seconds),
             ).fetchone()
-        return _record(row) if row else None
+        return media_record(row) if row else None
 
     def release(self, media_id: uuid.UUID) -> None:
         with self._conn() as conn:
@@ -504,81 +435,10 @@ class PgMediaRepository:
             rows = conn.execute(
                 f"DELETE FROM media WHERE id IN (SELECT id FROM media WHERE status = 'pending'"  # noqa: S608
                 " AND expires_at < clock_timestamp() - make_interval(secs => %s)"
-                f" LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
+                f" LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {MEDIA_COLUMNS}",
                 (grace_seconds, limit),
             ).fetchall()
-        return [_record(r) for r in rows]
-
-    def claim_job(self, lease_seconds: float, sha256: str | None = None) -> ImageJob | None:
-        only = "AND sha256 = %(sha)s" if sha256 is not None else ""
-        with self._conn() as conn:
-            row = conn.execute(
-                "UPDATE image_jobs SET attempts = attempts + 1, updated_at = clock_timestamp(),"  # noqa: S608
-                " lease_until = clock_timestamp() + make_interval(secs => %(lease)s)"
-                " WHERE (sha256, recipe) = (SELECT sha256, recipe FROM image_jobs"
-                " WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
-                f" AND (lease_until IS NULL OR lease_until < clock_timestamp()) {only}"
-                " ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING sha256, recipe, content_type, attempts",
-                {"lease": lease_seconds, "sha": sha256},
-            ).fetchone()
-        return ImageJob(**row) if row else None
-
-    def finish_job(self, job: ImageJob, outcome: Outcome, max_attempts: int) -> str | None:
-        state, reason, delay = settled(job, outcome, max_attempts)
-        with self._conn() as conn:
-            row = conn.execute(
-                "UPDATE image_jobs SET state = %(state)s, reason = %(reason)s, lease_until = NULL,"
-                " next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s),"
-                " width = COALESCE(%(width)s, width), height = COALESCE(%(height)s, height),"
-                " blurhash = COALESCE(%(blurhash)s, blurhash),"
-                " dominant_color = COALESCE(%(color)s, dominant_color), updated_at = clock_timestamp()"
-                " WHERE sha256 = %(sha)s AND recipe = %(recipe)s AND state = 'pending'"
-                " AND attempts = %(attempts)s RETURNING state",
-                {
-                    "state": state,
-                    "reason": reason,
-                    "delay": delay,
-                    "width": outcome.width,
-                    "height": outcome.height,
-                    "blurhash": outcome.blurhash,
-                    "color": outcome.dominant_color,
-                    "sha": job.sha256,
-                    "recipe": job.recipe,
-                    "attempts": job.attempts,
-                },
-            ).fetchone()
-        return str(row["state"]) if row else None
-
-    def processing_of(self, sha256: str, recipe: int) -> Processing | None:
-        with self._conn() as conn:
-            job = conn.execute(
-                "SELECT state, reason, width, height, blurhash, dominant_color FROM image_jobs"
-                " WHERE sha256 = %s AND recipe = %s",
-                (sha256, recipe),
-            ).fetchone()
-            if job is None:
-                return None
-            rows = conn.execute(
-                "SELECT format, width, height, size, variant_sha256 AS sha256 FROM image_variants"
-                " WHERE sha256 = %s AND recipe = %s ORDER BY format, width",
-                (sha256, recipe),
-            ).fetchall()
-        variants = tuple(VariantRow(**r) for r in rows) if job["state"] == "done" else ()
-        return Processing(**job, variants=variants)
-
-    def unsent_events(self, limit: int) -> list[OutboxEvent]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT id, type, subject, data, created_at FROM outbox WHERE sent_at IS NULL"
-                " ORDER BY id LIMIT %s",
-                (limit,),
-            ).fetchall()
-        return [OutboxEvent(**r) for r in rows]
-
-    def mark_sent(self, ids: Sequence[int]) -> None:
-        with self._conn() as conn:
-            conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY(%s)", (list(ids),))
+        return [media_record(r) for r in rows]
 
     def ping(self) -> None:
         """One round trip, the checkout included, within `timeout_seconds` in all (readiness)."""

@@ -6,8 +6,11 @@ flight. Write path: `S3BlobWriter` counts, hashes and keeps the sniff prefix as 
 does, buffering one part (`MEDIA_S3_PART_BYTES`, at least 8 MiB) at a time: memory stays bounded
 whatever the size. The first full part starts a multipart upload to the temp key; a body smaller
 than a part is one PutObject. `commit`, called under the digest's lock (see `media.py`), copies the
-temp object server-side to its address unless the address already holds the same bytes (dedup),
-then deletes the temp object.
+temp object server-side to its address unless the address already holds an object of the same
+size (dedup), then deletes the temp object. Unlike the volume, dedup keeps the existing object (a
+copy would cost a server-side rewrite of every deduplicated upload): its bytes are checked by the
+integrity scrub (`scrub.py`), which moves an object that no longer matches its digest to
+`<prefix>quarantine/<64 hex>`.
 
 Consistency: S3 (and the compatible stores we target) is strongly consistent for reads after
 writes and for listings since December 2020, so a HeadObject right after a CopyObject sees the new
@@ -41,7 +44,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common import metrics
 from common.breaker import CircuitBreaker
-from common.cas import BlobWriter, StagedBlob, _check_label, _Hashing, check_digest
+from common.cas import BlobWriter, StagedBlob, Verification, _check_label, _Hashing, check_digest, rehash
 from common.config import Config
 from common.problems import BlobMissing, StorageUnavailable
 
@@ -181,6 +184,8 @@ class S3BlobStore:
                     self._live.discard(key)
 
     def commit(self, writer: BlobWriter) -> bool:
+        """Copy the temp object to its address; True (dedup) when an object of the same size is
+        there already, which is kept as it is: the scrub, not the upload, checks its bytes."""
         assert isinstance(writer, S3BlobWriter)
         staged = writer.finish()
         final = self.key_for(staged.sha256)
@@ -221,6 +226,35 @@ class S3BlobStore:
     def delete(self, sha256: str) -> None:
         key = self.key_for(sha256)
         self.call(lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def verify(self, sha256: str, pace: Callable[[int], None] | None = None) -> Verification | None:
+        """One GetObject of the whole blob, hashed as it streams in `cas.CHUNK` reads."""
+        key = self.key_for(sha256)
+        try:
+            got = self.call(lambda: self.slow_client.get_object(Bucket=self.bucket, Key=key))
+        except ClientError:
+            return None
+        with _Body(got["Body"]) as body:
+            return rehash(cast(BinaryIO, body), pace)
+
+    def quarantine(self, sha256: str) -> None:
+        """Copy the object to `<prefix>quarantine/<64 hex>`, then delete it from its address."""
+        key = self.key_for(sha256)
+        size = self._head(key)
+        if size is None:
+            return
+        target = f"{self.prefix}quarantine/{sha256}"
+        source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": key}
+        if size <= MAX_COPY_BYTES:
+            self.call(
+                partial(self.slow_client.copy_object, Bucket=self.bucket, Key=target, CopySource=source)
+            )
+        else:
+            self.call(partial(self.slow_client.copy, source, self.bucket, target))
+        self.call(lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def free_bytes(self) -> int | None:
+        return None
 
     def blobs_older_than(self, seconds: float) -> Iterator[str]:
         cutoff = time.time() - seconds

@@ -25,6 +25,7 @@ from common.maintenance import start_maintenance
 from common.oidc import Introspector, KeySet, ProviderMetadata, fixed
 from common.ratelimit import RateLimiter
 from common.repository import MediaRepository, PgMediaRepository
+from common.scanning import ClamdScanner, NoScanner, Scanner
 from common.signing import KeyRing
 from common.tokens import TokenVerifier
 from common.verifiers import CombinedVerifier, IntrospectionVerifier, JwtVerifier
@@ -41,6 +42,7 @@ class Services:
     keys: KeyRing  # signs presigned upload URLs and download links
     clock: Callable[[], float] = time.time
     events: EventSink = field(default_factory=NoSink)  # the outbox's CloudEvents go here (K_SINK)
+    scanner: Scanner = field(default_factory=NoScanner)  # MEDIA_SCAN: every upload's bytes pass it
 
     @cached_property
     def limiter(self) -> RateLimiter:
@@ -98,10 +100,25 @@ def build_services(config: Config, *, background: bool = True) -> Services:
         events = HttpSink(
             config.event_sink, config.event_timeout_seconds, overrides_from(config.event_overrides)
         )
-    services = Services(config=config, store=store, repo=repo, verifier=verifier, keys=keys, events=events)
+    services = Services(
+        config=config,
+        store=store,
+        repo=repo,
+        verifier=verifier,
+        keys=keys,
+        events=events,
+        scanner=build_scanner(config),
+    )
     if background:
         start_maintenance(config, store, repo)
     return services
+
+
+def build_scanner(config: Config) -> Scanner:
+    """The malware scanner MEDIA_SCAN names (clamd), or none."""
+    if config.scan == "clamd":
+        return ClamdScanner(config.clamd_address, config.scan_timeout_seconds)
+    return NoScanner()
 
 
 def build_verifier(config: Config) -> TokenVerifier:

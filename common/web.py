@@ -39,7 +39,7 @@ from common.problems import (
     to_problem,
 )
 from common.ratelimit import client_ip
-from common.repository import MediaRecord
+from common.records import MediaRecord
 from common.services import Services
 from common.tokens import Principal, bearer_token
 from common.uploads import read_body

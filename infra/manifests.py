@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from common import routing
-from common.repository import UPLOADED_EVENT
+from common.records import UPLOADED_EVENT
 from infra.plans import (
     APP,
     MAX_CONNECTIONS,

@@ -328,3 +328,134 @@ def photo_pixels(width: int, height: int) -> Any:
     picture = Image.blend(base, noise, 0.3)
     picture.paste(UPRIGHT_CORNER, (0, 0, width // 2, height // 2))
     return picture
+
+
+# --- clamd: a real malware scanner with a database of one test signature -------------------------
+
+CLAMD_SIGNATURE = "Eicar-Test-Body"
+
+
+def eicar() -> bytes:
+    """The EICAR anti-virus test string, kept in two pieces so this repository's own files do not
+    set off a scanner."""
+    return b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def clamd_binary() -> str | None:
+    import shutil
+
+    found = shutil.which("clamd")
+    if found:
+        return found
+    return "/usr/sbin/clamd" if os.access("/usr/sbin/clamd", os.X_OK) else None
+
+
+def clamd_ping(address: str, timeout: float = 1) -> bool:
+    """Whether clamd at tcp://host:port or unix:///path answers zPING with PONG."""
+    parts = urlsplit(address)
+    try:
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(parts.path)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 3310), timeout)
+        with sock:
+            sock.sendall(b"zPING\0")
+            return sock.recv(16).rstrip(b"\0").strip() == b"PONG"
+    except OSError:
+        return False
+
+
+@dataclass
+class RunningClamd:
+    address: str  # tcp://127.0.0.1:PORT
+    unix_address: str  # unix:///path of its LocalSocket
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    started_seconds: float  # from spawn to the first PONG
+
+    def freeze(self) -> None:
+        """clamd stops answering without closing a connection (SIGSTOP): a slow clamd."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@contextmanager
+def clamd_server(
+    workdir: Path, timeout: float = 60, settings: dict[str, str] | None = None
+) -> Iterator[RunningClamd]:
+    """clamd with a config and a database of its own under `workdir` (no freshclam: the database is
+    one `.ndb` body signature for the EICAR string, reported as `Eicar-Test-Body.UNOFFICIAL`),
+    listening on a free loopback port and a unix socket; `settings` add or override clamd.conf lines
+    (StreamMaxLength, say). Ready when it answers PING; RuntimeError with its log otherwise."""
+    binary = clamd_binary()
+    if binary is None:
+        raise RuntimeError("clamd is not installed (apt-get install clamav-daemon)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "db"
+    db.mkdir(exist_ok=True)
+    (db / "test.ndb").write_text(f"{CLAMD_SIGNATURE}:0:*:{eicar().hex()}\n")
+    tmp = workdir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    sock_path = workdir / "clamd.sock"
+    if len(str(sock_path)) > 100:  # sun_path holds 108 bytes
+        sock_path = Path(tempfile.mkdtemp(prefix="clamd-")) / "clamd.sock"
+    port = free_port()
+    log_path = workdir / "clamd.log"
+    conf = {
+        "Foreground": "yes",
+        "TCPSocket": str(port),
+        "TCPAddr": "127.0.0.1",
+        "LocalSocket": str(sock_path),
+        "DatabaseDirectory": str(db),
+        "TemporaryDirectory": str(tmp),
+        "PidFile": str(workdir / "clamd.pid"),
+        "LogFile": str(log_path),
+        "LogTime": "yes",
+        "SelfCheck": "3600",
+        "Bytecode": "no",
+        "StreamMaxLength": "100M",
+    }
+    if os.geteuid() == 0:
+        conf["User"] = "root"
+    conf.update(settings or {})
+    conf_path = workdir / "clamd.conf"
+    conf_path.write_text("".join(f"{key} {value}\n" for key, value in conf.items()))
+    started = time.monotonic()
+    with open(workdir / "clamd.out", "ab") as out:
+        proc = subprocess.Popen([binary, "-c", str(conf_path)], stdout=out, stderr=subprocess.STDOUT)
+    address = f"tcp://127.0.0.1:{port}"
+    running = RunningClamd(address, f"unix://{sock_path}", proc, log_path, 0.0)
+    try:
+        while not clamd_ping(address):
+            if proc.poll() is not None or time.monotonic() - started > timeout:
+                output = (workdir / "clamd.out").read_text(errors="replace")[-2000:]
+                state = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
+                raise RuntimeError(f"clamd did not start ({state}): {output}\n{running.log()}")
+            time.sleep(0.05)
+        running.started_seconds = time.monotonic() - started
+        yield running
+    finally:
+        running.stop()

@@ -16,7 +16,7 @@ from werkzeug.test import Client
 from common.config import Config
 from common.migrate import migrate
 from common.services import Services, build_services
-from localdev.harness import RunningS3, s3_server
+from localdev.harness import RunningClamd, RunningS3, clamd_server, s3_server
 from tests import support
 
 
@@ -101,3 +101,10 @@ def s3_env(s3: RunningS3) -> dict[str, str]:
 def api(services: Services) -> Client:
     """Every function's handlers behind the local router, in process, with these services."""
     return support.api_client(services)
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningClamd]:
+    support.require_clamd()
+    with clamd_server(tmp_path_factory.mktemp("clamd")) as running:
+        yield running

@@ -8,7 +8,9 @@ import hmac
 import io
 import json
 import os
+import struct
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -171,3 +173,12 @@ def png_declaring(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
     )
+
+
+def png_with_text(text: bytes) -> bytes:
+    """A valid PNG from the factory with a tEXt chunk carrying `text` just after IHDR."""
+    data = png(64, 64)
+    ihdr_end = 8 + 4 + 4 + 13 + 4
+    body = b"Comment\0" + text
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    return data[:ihdr_end] + chunk + data[ihdr_end:]

@@ -15,13 +15,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 from werkzeug.test import Client, TestResponse
 
 from common.config import Config
 from common.services import Services
 from common.tokens import Principal
 from common.web import Routes
-from localdev.harness import RunningS3
+from localdev.harness import RunningS3, clamd_binary
 from localdev.router import build_router
 from tests.factories import PRESIGN_SECRET, PUBLIC_BASE, TEST_SECRET
 
@@ -243,7 +244,7 @@ def delete_racing_a_completion(services: Services, owner: Principal, data: bytes
     from datetime import UTC, datetime, timedelta
 
     from common import media
-    from common.repository import NewPending
+    from common.records import NewPending
 
     expires = datetime.now(UTC) + timedelta(minutes=5)
     pending = services.repo.create_pending(
@@ -328,3 +329,12 @@ def plant_temp(store: Any, label: str) -> None:
     store.client.upload_part(
         Bucket=store.bucket, Key=key + "-mp", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024
     )
+
+
+def require_clamd() -> None:
+    if clamd_binary() is not None:
+        return
+    reason = "CLAMD TESTS NOT RUN: clamd is missing (apt-get install clamav-daemon, as root)"
+    if os.environ.get("MEDIA_TEST_REQUIRE_CLAMD") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)

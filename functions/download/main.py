@@ -1,4 +1,5 @@
-"""The download function: `GET /media`, `GET /media/{id}`, `GET|HEAD /media/{id}/content`."""
+"""The download function: `GET /media`, `GET /media/{id}`, `GET|HEAD /media/{id}/content`,
+`GET /users/{subject}/usage`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common import health, media, negotiation, web
+from common import accounts, health, media, negotiation, web
 from common.services import Services, default_provider
 
 routes = web.Routes("download")
@@ -26,6 +27,11 @@ def list_media(request: Request, services: Services) -> Response:
 def get_media(request: Request, services: Services, id: str) -> Response:
     record = media.get(services, web.authenticate(request, services), id)
     return web.json_response(media.to_json(services, record, processing=True))
+
+
+@routes.operation("getUsage")
+def get_usage(request: Request, services: Services, subject: str) -> Response:
+    return web.json_response(accounts.usage(services, web.authenticate(request, services), subject))
 
 
 @routes.operation("getMediaContent", "headMediaContent")

@@ -1,5 +1,6 @@
 """The upload function: `POST /media` (multipart, streamed), `PUT /media/uploads/{token}` (the
-target of a presigned URL) and `DELETE /media/{id}`."""
+target of a presigned URL), `DELETE /media/{id}`, and a subject's erasure
+(`DELETE /users/{subject}/media`, `GET /erasures/{id}`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common import health, media, presigned, web
+from common import accounts, erasure, health, media, presigned, web
 from common.services import Services, default_provider
 
 routes = web.Routes("upload")
@@ -19,7 +20,9 @@ web.register_preflights(routes)
 def upload_media(request: Request, services: Services) -> Response:
     principal = web.authenticate(request, services)
     # The raw stream, never request.files/form/data: the body is streamed into storage.
-    record = media.upload_multipart(services, principal, request.stream, request.headers.get("Content-Type"))
+    record = media.upload_multipart(
+        services, principal, request.stream, request.headers.get("Content-Type"), request.content_length
+    )
     web.note(request, record)
     body = media.to_json(services, record)
     return web.json_response(body, 201, {"Location": body["links"]["self"]})
@@ -40,6 +43,19 @@ def complete_upload(request: Request, services: Services, token: str) -> Respons
 def delete_media(request: Request, services: Services, id: str) -> Response:
     web.note(request, media.delete(services, web.authenticate(request, services), id))
     return Response(status=204)
+
+
+@routes.operation("eraseUserMedia")
+def erase_user_media(request: Request, services: Services, subject: str) -> Response:
+    job = accounts.request_erasure(services, web.authenticate(request, services), subject)
+    body = erasure.receipt_json(job, services.config.public_base_url)
+    return web.json_response(body, 202, {"Location": body["links"]["self"]})
+
+
+@routes.operation("getErasure")
+def get_erasure(request: Request, services: Services, id: str) -> Response:
+    job = accounts.erasure_status(services, web.authenticate(request, services), id)
+    return web.json_response(erasure.receipt_json(job, services.config.public_base_url))
 
 
 functions_framework.errorhandler(HTTPException)(web.render_http_exception)

@@ -457,6 +457,8 @@ OPTIONAL = {
     "MEDIA_S3_ENDPOINT_URL": "MEDIA_STORAGE=s3 only; unset is AWS",
     "MEDIA_S3_PREFIX": "MEDIA_STORAGE=s3 only; unset is no prefix",
     "MEDIA_S3_REGION": "MEDIA_STORAGE=s3 only; unset is boto3's own region chain",
+    "MEDIA_QUOTA_BYTES_PER_USER": "unset: no byte quota (a deployment chooses its own)",
+    "MEDIA_QUOTA_FILES_PER_USER": "unset: no file quota",
 }
 PLATFORM = {
     "PORT": "Knative sets it",

@@ -13,7 +13,7 @@ import psycopg
 
 from common import media
 from common.maintenance import RECONCILE_TASK, maintain, reconcile_orphans
-from common.repository import NewMedia
+from common.records import NewMedia
 from common.services import Services
 from tests.factories import png
 from tests.support import RunningPostgres

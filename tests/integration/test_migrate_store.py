@@ -20,7 +20,7 @@ import pytest
 
 from common import media, migrate_store
 from common.cas import BlobStore, LocalBlobStore
-from common.repository import ListQuery, MediaRecord
+from common.records import ListQuery, MediaRecord
 from common.services import Services, build_services, build_store
 from common.tokens import DELETE, READ, WRITE, Principal
 from localdev.harness import RunningS3

@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict
 from common import media
 from common.migrate import set_role_statement_timeout
 from common.problems import DatabaseUnavailable
-from common.repository import ListQuery
+from common.records import ListQuery
 from common.services import Services, build_services
 from common.tokens import DELETE, READ, WRITE, Principal
 from tests.factories import png, upload_body

@@ -21,7 +21,7 @@ from common import presigned
 from common.config import Config
 from common.maintenance import maintain, upload_label
 from common.problems import Conflict
-from common.repository import NewPending
+from common.records import NewPending
 from common.services import Services, build_services
 from common.signing import UploadGrant, issue_upload_token, sign_download
 from common.tokens import READ, WRITE, Principal

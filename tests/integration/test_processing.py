@@ -18,7 +18,7 @@ import pytest
 from common import imaging, media, processing
 from common.config import Config
 from common.events import DRAIN_EVENT, Received, RecordingSink
-from common.repository import UPLOADED_EVENT, MediaRecord
+from common.records import UPLOADED_EVENT, MediaRecord
 from common.services import Services, build_services
 from common.tokens import DELETE, READ, WRITE, Principal
 from tests import support

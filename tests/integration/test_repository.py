@@ -15,7 +15,8 @@ import pytest
 from common import media
 from common.memory_repository import InMemoryMediaRepository
 from common.problems import DatabaseUnavailable
-from common.repository import ListQuery, MediaRecord, NewMedia, NewPending, PgMediaRepository
+from common.records import ListQuery, MediaRecord, NewMedia, NewPending
+from common.repository import PgMediaRepository
 from common.services import Services
 from common.tokens import DELETE, READ, WRITE, Principal
 from tests.factories import png, upload_body

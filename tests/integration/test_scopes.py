@@ -34,7 +34,9 @@ def call(api: Client, route: routing.Route, owner: str, scopes: tuple[str, ...])
     mine = bearer(token(owner))
     body, ctype = upload_body(png())
     media_id = api.post("/media", data=body, content_type=ctype, headers=mine).get_json()["id"]
-    path = route.path.replace("{id}", media_id)
+    if route.operation_id == "getErasure":  # an erasure's id, not a media's
+        media_id = api.delete("/users/me/media", headers=mine).get_json()["id"]
+    path = route.path.replace("{id}", media_id).replace("{subject}", "me")
     headers = bearer(token(owner, scopes=scopes))
     if route.operation_id == "uploadMedia":
         return api.post(path, data=body, content_type=ctype, headers=headers).status_code

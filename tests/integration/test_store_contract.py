@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -129,6 +130,80 @@ def test_a_damaged_blob_is_replaced_by_a_new_upload(store: BlobStore) -> None:
     assert put(store, data) == (digest, False)
     with store.open(digest) as f:
         assert f.read() == data
+
+
+def plant(store: BlobStore, digest: str, data: bytes) -> None:
+    """Put `data` at `digest`'s address behind the store's back (what rot or a bad disk does)."""
+    if isinstance(store, LocalBlobStore):
+        store.path_for(digest).parent.mkdir(parents=True, exist_ok=True)
+        store.path_for(digest).write_bytes(data)
+    else:
+        assert isinstance(store, S3BlobStore)
+        store.client.put_object(Bucket=store.bucket, Key=store.key_for(digest), Body=data)
+
+
+def flipped(data: bytes, at: int = 1234) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def test_a_same_size_corruption_is_healed_by_a_new_upload_on_the_volume_kept_on_s3(store: BlobStore) -> None:
+    data = os.urandom(50_000)
+    digest, _ = put(store, data)
+    plant(store, digest, flipped(data))
+    assert put(store, data) == (digest, True)  # dedup either way
+    with store.open(digest) as f:
+        healed = f.read()
+    if isinstance(store, LocalBlobStore):
+        assert healed == data  # the verified new copy replaced the file
+    else:
+        assert healed == flipped(data)  # S3 keeps the object: the scrub finds it
+    assert temp_leftovers(store) == []
+
+
+def test_verify_rehashes_what_is_stored(store: BlobStore) -> None:
+    data = os.urandom(3 * MiB + 17)
+    digest, _ = put(store, data)
+    reads: list[int] = []
+    found = store.verify(digest, reads.append)
+    assert found is not None and found.matches(digest) and found.size == len(data)
+    assert sum(reads) == len(data) and max(reads) <= MiB  # bounded reads, each paced
+    plant(store, digest, flipped(data))
+    bad = store.verify(digest)
+    assert bad is not None and not bad.matches(digest) and bad.size == len(data)
+    assert bad.actual == hashlib.sha256(flipped(data)).hexdigest()
+    assert store.verify("0" * 64) is None
+
+
+def test_quarantine_takes_the_blob_off_its_address_and_keeps_it(store: BlobStore) -> None:
+    data = os.urandom(20_000)
+    digest, _ = put(store, data)
+    plant(store, digest, flipped(data))
+    store.quarantine(digest)
+    assert not store.exists(digest) and stored_blobs(store) == []
+    with pytest.raises(BlobMissing):
+        store.open(digest)
+    if isinstance(store, LocalBlobStore):
+        kept = list(store.quarantined.iterdir())
+        assert len(kept) == 1 and kept[0].name.startswith(digest + ".")
+        assert kept[0].read_bytes() == flipped(data)
+    else:
+        assert isinstance(store, S3BlobStore)
+        got = store.client.get_object(Bucket=store.bucket, Key=f"{store.prefix}quarantine/{digest}")
+        assert got["Body"].read() == flipped(data)
+    store.quarantine(digest)  # nothing there any more: a no-op
+    assert put(store, data) == (digest, False)  # the right bytes again: a good copy
+    found = store.verify(digest)
+    assert found is not None and found.matches(digest)
+    assert digest in set(store.blobs_older_than(0))  # quarantine is not seen as a blob
+
+
+def test_free_bytes_on_the_volume_none_for_a_bucket(store: BlobStore) -> None:
+    free = store.free_bytes()
+    if isinstance(store, LocalBlobStore):
+        assert isinstance(free, int) and free > 0
+        assert abs(free - shutil.disk_usage(store.root).free) < 64 * MiB
+    else:
+        assert free is None
 
 
 def test_the_sweep_takes_what_dead_writers_left_and_never_a_live_one(store: BlobStore) -> None:

@@ -414,7 +414,8 @@ def test_a_full_volume_is_507_with_nothing_left_behind(
 ) -> None:
     data_dir = tmp_path / "full"
     small_volume(data_dir / "cas", 16)
-    with rehearsal_on(data_dir, pg.url) as rehearsal:
+    # The guard off: this drill fills the disk itself (ENOSPC mid-write).
+    with rehearsal_on(data_dir, pg.url, MEDIA_MIN_FREE_BYTES="0") as rehearsal:
         tok = token()
         status, body = upload_big(rehearsal, tok, GeneratedFile(24 * MiB))
         assert status == 507, body[:300]
@@ -431,3 +432,46 @@ def test_a_full_volume_is_507_with_nothing_left_behind(
             timeout=30,
         )
         assert ok.status_code == 201  # the space came back with the temp file
+
+
+def test_below_the_free_space_floor_uploads_get_507_before_the_disk_is_full(
+    pg: RunningPostgres, tmp_path: Path, small_volume: Callable[[Path, int], None]
+) -> None:
+    """A 32 MiB volume, 12 MiB kept free: once a 24 MiB upload is in, new uploads (direct and
+    presigned) are refused with 507 while downloads and readiness go on; a delete brings them back."""
+    data_dir = tmp_path / "floor"
+    small_volume(data_dir / "cas", 32)
+    with rehearsal_on(data_dir, pg.url, MEDIA_MIN_FREE_BYTES=str(12 * MiB)) as rehearsal:
+        tok = token()
+        big = GeneratedFile(24 * MiB)
+        status, body = upload_big(rehearsal, tok, big)
+        assert status == 201, body[:300]
+        stored = json.loads(body)
+        small, ctype = upload_body(png())
+        refused = requests.post(
+            rehearsal.base + "/media", data=small, headers={**bearer(tok), "Content-Type": ctype}, timeout=30
+        )
+        assert refused.status_code == 507, refused.text
+        problem = refused.json()
+        assert problem["type"].endswith("/insufficient-storage") and problem["free_bytes"] < 12 * MiB
+        presign = requests.post(
+            rehearsal.base + "/media/uploads",
+            json={"filename": "a.png", "content_type": "image/png", "size": 100},
+            headers=bearer(tok),
+            timeout=30,
+        )
+        assert presign.status_code == 507, presign.text
+        ready = requests.get(rehearsal.base + "/health/ready", timeout=10)
+        assert ready.status_code == 200  # reported, not failed: the pod stays in the Service
+        assert ready.json()["reports"]["free_space"]["accepting_uploads"] is False
+        content = requests.get(
+            f"{rehearsal.base}/media/{stored['id']}/content", headers=bearer(tok), timeout=30
+        )
+        assert content.status_code == 200 and hashlib.sha256(content.content).hexdigest() == big.sha256
+        gone = requests.delete(f"{rehearsal.base}/media/{stored['id']}", headers=bearer(tok), timeout=30)
+        assert gone.status_code == 204
+        again = requests.post(
+            rehearsal.base + "/media", data=small, headers={**bearer(tok), "Content-Type": ctype}, timeout=30
+        )
+        assert again.status_code == 201, again.text
+        assert rehearsal.temp_files() == []

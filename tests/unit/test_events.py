@@ -10,7 +10,7 @@ import pytest
 
 from common.events import headers_for, overrides_from, parse
 from common.problems import BadRequest
-from common.repository import UPLOADED_EVENT, OutboxEvent
+from common.records import UPLOADED_EVENT, OutboxEvent
 
 EVENT = OutboxEvent(7, UPLOADED_EVENT, "media-id", {"sha256": "a" * 64}, datetime(2026, 12, 1, tzinfo=UTC))
 

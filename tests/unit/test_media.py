@@ -9,7 +9,7 @@ import pytest
 
 from common import media
 from common.problems import BadRequest, Forbidden, NotFound, TypeNotAllowed
-from common.repository import ListQuery, MediaRecord
+from common.records import ListQuery, MediaRecord
 from common.services import Services
 from common.tokens import ADMIN, DELETE, READ, WRITE, Principal
 from tests.factories import elf, jpeg, memory_services, pdf, png, upload_body

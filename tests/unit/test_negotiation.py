@@ -6,7 +6,7 @@ import pytest
 
 from common.negotiation import Choice, Wanted, choose, named_types, wanted
 from common.problems import BadRequest
-from common.repository import VariantRow
+from common.records import VariantRow
 
 
 def variant(fmt: str, width: int) -> VariantRow:

@@ -23,7 +23,7 @@ from common.problems import (
     UnsupportedMediaType,
     UploadMismatch,
 )
-from common.repository import ListQuery, MediaRecord
+from common.records import ListQuery, MediaRecord
 from common.services import Services
 from common.signing import KeyRing
 from common.tokens import DELETE, READ, WRITE, Principal

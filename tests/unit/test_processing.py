@@ -9,7 +9,7 @@ import pytest
 
 from common import imaging, processing
 from common.events import PING_EVENT, Received, RecordingSink
-from common.repository import UPLOADED_EVENT
+from common.records import UPLOADED_EVENT
 from tests.factories import memory_services
 
 

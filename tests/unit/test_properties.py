@@ -29,7 +29,7 @@ from common.problems import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from common.repository import MediaRecord
+from common.records import MediaRecord
 from common.signing import (
     KeyRing,
     UploadGrant,

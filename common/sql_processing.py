@@ -1,0 +1,140 @@
+"""The SQL of image processing (migration 0005): the jobs the process function claims, the variants
+it records, and the outbox. Mixed into `repository.py`'s classes, which hold the connections."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from psycopg.types.json import Jsonb
+
+from common.database import Connect, DeadlineConnection, translate_errors
+from common.records import UPLOADED_EVENT, ImageJob, OutboxEvent, Outcome, Processing, VariantRow, settled
+
+
+class ProcessingScope:
+    """In a digest's transaction (`repository.digest_scope`)."""
+
+    _conn: DeadlineConnection
+
+    def enqueue_processing(self, sha256: str, recipe: int, content_type: str, media_id: uuid.UUID) -> None:
+        with translate_errors(), self._conn.transaction():
+            self._conn.execute(
+                "INSERT INTO image_jobs (sha256, recipe, content_type) VALUES (%s, %s, %s)"
+                " ON CONFLICT (sha256, recipe) DO NOTHING",
+                (sha256, recipe, content_type),
+            )
+            self._conn.execute(
+                "INSERT INTO outbox (type, subject, data) VALUES (%s, %s, %s)",
+                (
+                    UPLOADED_EVENT,
+                    str(media_id),
+                    Jsonb({"id": str(media_id), "sha256": sha256, "content_type": content_type}),
+                ),
+            )
+
+    def release_processing(self, sha256: str) -> list[str]:
+        return sorted({v.sha256 for v in self.release_variants(sha256)})
+
+    def release_variants(self, sha256: str) -> list[VariantRow]:
+        # One statement: the job and its variants go only when no record has the original.
+        with translate_errors():
+            rows = self._conn.execute(
+                "WITH held AS (SELECT 1 FROM media WHERE sha256 = %(sha)s LIMIT 1),"
+                " jobs AS (DELETE FROM image_jobs WHERE sha256 = %(sha)s AND NOT EXISTS (SELECT 1 FROM held))"
+                " DELETE FROM image_variants WHERE sha256 = %(sha)s AND NOT EXISTS (SELECT 1 FROM held)"
+                " RETURNING format, width, height, size, variant_sha256 AS sha256",
+                {"sha": sha256},
+            ).fetchall()
+        return [VariantRow(**r) for r in rows]
+
+    def add_variant(self, sha256: str, recipe: int, variant: VariantRow) -> bool:
+        with translate_errors(), self._conn.transaction():
+            job = self._conn.execute(
+                "SELECT 1 FROM image_jobs WHERE sha256 = %s AND recipe = %s FOR SHARE", (sha256, recipe)
+            ).fetchone()
+            if job is None:
+                return False
+            self._conn.execute(
+                "INSERT INTO image_variants (sha256, recipe, format, width, height, size, variant_sha256)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha256, recipe, format, width)"
+                " DO UPDATE SET height = EXCLUDED.height, size = EXCLUDED.size,"
+                " variant_sha256 = EXCLUDED.variant_sha256",
+                (sha256, recipe, variant.format, variant.width, variant.height, variant.size, variant.sha256),
+            )
+        return True
+
+
+class ProcessingQueries:
+    _conn: Connect
+
+    def claim_job(self, lease_seconds: float, sha256: str | None = None) -> ImageJob | None:
+        only = "AND sha256 = %(sha)s" if sha256 is not None else ""
+        with self._conn() as conn:
+            row = conn.execute(
+                "UPDATE image_jobs SET attempts = attempts + 1, updated_at = clock_timestamp(),"  # noqa: S608
+                " lease_until = clock_timestamp() + make_interval(secs => %(lease)s)"
+                " WHERE (sha256, recipe) = (SELECT sha256, recipe FROM image_jobs"
+                " WHERE state = 'pending' AND next_attempt_at <= clock_timestamp()"
+                f" AND (lease_until IS NULL OR lease_until < clock_timestamp()) {only}"
+                " ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " RETURNING sha256, recipe, content_type, attempts",
+                {"lease": lease_seconds, "sha": sha256},
+            ).fetchone()
+        return ImageJob(**row) if row else None
+
+    def finish_job(self, job: ImageJob, outcome: Outcome, max_attempts: int) -> str | None:
+        state, reason, delay = settled(job, outcome, max_attempts)
+        with self._conn() as conn:
+            row = conn.execute(
+                "UPDATE image_jobs SET state = %(state)s, reason = %(reason)s, lease_until = NULL,"
+                " next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s),"
+                " width = COALESCE(%(width)s, width), height = COALESCE(%(height)s, height),"
+                " blurhash = COALESCE(%(blurhash)s, blurhash),"
+                " dominant_color = COALESCE(%(color)s, dominant_color), updated_at = clock_timestamp()"
+                " WHERE sha256 = %(sha)s AND recipe = %(recipe)s AND state = 'pending'"
+                " AND attempts = %(attempts)s RETURNING state",
+                {
+                    "state": state,
+                    "reason": reason,
+                    "delay": delay,
+                    "width": outcome.width,
+                    "height": outcome.height,
+                    "blurhash": outcome.blurhash,
+                    "color": outcome.dominant_color,
+                    "sha": job.sha256,
+                    "recipe": job.recipe,
+                    "attempts": job.attempts,
+                },
+            ).fetchone()
+        return str(row["state"]) if row else None
+
+    def processing_of(self, sha256: str, recipe: int) -> Processing | None:
+        with self._conn() as conn:
+            job = conn.execute(
+                "SELECT state, reason, width, height, blurhash, dominant_color FROM image_jobs"
+                " WHERE sha256 = %s AND recipe = %s",
+                (sha256, recipe),
+            ).fetchone()
+            if job is None:
+                return None
+            rows = conn.execute(
+                "SELECT format, width, height, size, variant_sha256 AS sha256 FROM image_variants"
+                " WHERE sha256 = %s AND recipe = %s ORDER BY format, width",
+                (sha256, recipe),
+            ).fetchall()
+        variants = tuple(VariantRow(**r) for r in rows) if job["state"] == "done" else ()
+        return Processing(**job, variants=variants)
+
+    def unsent_events(self, limit: int) -> list[OutboxEvent]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT id, type, subject, data, created_at FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY id LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [OutboxEvent(**r) for r in rows]
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        with self._conn() as conn:
+            conn.execute("UPDATE outbox SET sent_at = clock_timestamp() WHERE id = ANY(%s)", (list(ids),))
