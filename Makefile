@@ -87,6 +87,7 @@ bench: install test-deps ## the rehearsal vs nginx (transfers, ranges, metadata 
 	$(PY) -m bench.imaging
 	$(PY) -m bench.scrub
 	$(PY) -m bench.erasure
+	$(PY) -m bench.listing
 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

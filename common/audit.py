@@ -3,7 +3,8 @@
 Events: `upload`, `presign`, `upload_completed` (the PUT to a presigned URL), `download`, `delete`,
 `erasure_requested`, `erasure_completed` (from the job, with its receipt: `subject`,
 `records_removed`, `blobs_removed`, `size` the bytes freed), `content_rejected` (the malware
-scanner refused an upload), `auth_failure` and `rate_limited`. Fields: `event`, `outcome`
+scanner refused an upload), `expired_unattached` (the maintenance deleted an upload nobody
+attached in time), `auth_failure` and `rate_limited`. Fields: `event`, `outcome`
 (`success`, `denied`, `failure`), `status`, `actor` (the user, `client:<id>`, or the owner a
 presigned URL was signed for), `client_ip`, `media_id`, `sha256`, `size`, `request_id` and
 `function`. Never a token, a signature

@@ -192,6 +192,21 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "MEDIA_SCRUB_INTERVAL_HOURS", "168", "The scrub covers the whole store once per this many hours"
     ),
+    Variable(
+        "MEDIA_UNATTACHED_DEFAULT",
+        "0",
+        "1: uploads expire unless attached (as if they asked `expires_unattached`)",
+    ),
+    Variable("MEDIA_UNATTACHED_TTL_HOURS", "24", "How long an item that asked to expire may stay unattached"),
+    Variable("MEDIA_MAX_ATTACHMENTS_PER_MEDIA", "50", "Attachments one item may have (409 past it)"),
+    Variable(
+        "MEDIA_MAX_ATTACHMENTS_PER_REF", "500", "Items one external record may have attached (409 past it)"
+    ),
+    Variable(
+        "MEDIA_CHANGES_RETENTION_DAYS",
+        "7",
+        "The change feed keeps this many days; an older cursor answers 410",
+    ),
     Variable("MEDIA_LOG_LEVEL", "INFO", "Python log level of the JSON logs"),
     Variable("MEDIA_AUDIT_LOG", "on", "The audit events on the logger `media.audit`: on or off"),
     Variable("MEDIA_METRICS_HTTP", "on", "The HTTP metrics of /metrics: on or off"),
@@ -463,6 +478,11 @@ class Config:
     scan_fail_open: bool
     scrub_mib_per_second: float
     scrub_interval_hours: float
+    unattached_default: bool
+    unattached_ttl_hours: float
+    max_attachments_per_media: int
+    max_attachments_per_ref: int
+    changes_retention_days: float
     log_level: str
     audit_log: bool
     metrics_http: bool
@@ -546,6 +566,11 @@ class Config:
             scan_fail_open=_choice(env, "MEDIA_SCAN_FAIL_OPEN", ("0", "1")) == "1",
             scrub_mib_per_second=_rate(env, "MEDIA_SCRUB_MIB_PER_SECOND"),
             scrub_interval_hours=_float(env, "MEDIA_SCRUB_INTERVAL_HOURS"),
+            unattached_default=_choice(env, "MEDIA_UNATTACHED_DEFAULT", ("0", "1")) == "1",
+            unattached_ttl_hours=_float(env, "MEDIA_UNATTACHED_TTL_HOURS"),
+            max_attachments_per_media=_int(env, "MEDIA_MAX_ATTACHMENTS_PER_MEDIA", minimum=1),
+            max_attachments_per_ref=_int(env, "MEDIA_MAX_ATTACHMENTS_PER_REF", minimum=1),
+            changes_retention_days=_float(env, "MEDIA_CHANGES_RETENTION_DAYS"),
             log_level=_log_level(_get(env, "MEDIA_LOG_LEVEL")),
             audit_log=_choice(env, "MEDIA_AUDIT_LOG", ("on", "off")) == "on",
             metrics_http=_choice(env, "MEDIA_METRICS_HTTP", ("on", "off")) == "on",

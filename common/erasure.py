@@ -24,6 +24,7 @@ from common import audit, metrics
 from common.cas import BlobStore
 from common.problems import DatabaseUnavailable
 from common.records import Erasure
+from common.removal import NO_BLOB
 from common.repository import MediaRepository
 
 log = logging.getLogger("media.erasure")
@@ -31,7 +32,6 @@ log = logging.getLogger("media.erasure")
 BATCH = 200
 LEASE_SECONDS = 15.0  # renewed after every batch (a batch takes well under a second)
 ROUND_SECONDS = 20.0  # what one maintenance round spends at most
-_NO_BLOB = "0" * 64  # the lock key of records without bytes (as media.delete)
 
 
 def run(
@@ -50,7 +50,7 @@ def run(
             continue
         records = repo.records_of(job.subject, BATCH)
         for record in records:
-            with repo.digest_scope(record.sha256 or _NO_BLOB) as scope:
+            with repo.digest_scope(record.sha256 or NO_BLOB) as scope:
                 if scope.erase(job.id, record.id, record.sha256) is not None:
                     metrics.business(metrics.ERASED_RECORDS)
         if records:

@@ -10,7 +10,9 @@ Each round:
   older than `orphan_grace_seconds` is removed under its digest lock. Such blobs are what a crash,
   or a database that stopped answering, between an upload's rename and its INSERT leaves behind;
 - quota holds that lapsed (their upload's process died) are forgotten;
-- running erasures nobody holds a lease on are carried on (`erasure.py`), for a bounded time.
+- running erasures nobody holds a lease on are carried on (`erasure.py`), for a bounded time;
+- items that asked to expire unattached and were not attached in time are deleted (a batch);
+- change-feed events older than MEDIA_CHANGES_RETENTION_DAYS are purged (a batch).
 In a thread of its own (`scrub_tick`, it spends most of a period reading), once per period across
 all processes, unless MEDIA_SCRUB_MIB_PER_SECOND is 0: a slice of the integrity scrub
 (`scrub.py`), the stored blobs re-hashed, paced to that rate.
@@ -24,7 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from common import metrics, scrub
+from common import audit, metrics, removal, scrub
 from common.cas import BlobStore
 from common.config import Config
 from common.erasure import resume_erasures
@@ -54,10 +56,40 @@ def maintain(config: Config, store: BlobStore, repo: MediaRepository) -> None:
     repo.purge_rate_limits()
     repo.purge_holds()
     resume_erasures(store, repo, config.audit_log)
+    expired = expire_unattached(store, repo, config.audit_log)
+    if expired:
+        log.info("deleted %d upload(s) nobody attached in time", expired)
+    repo.purge_changes(config.changes_retention_days * 86400, _BATCH)
     if repo.claim_task(RECONCILE_TASK, config.temp_sweep_interval_seconds):
         orphans = reconcile_orphans(store, repo, config.orphan_grace_seconds)
         if orphans:
             log.info("removed %d orphan blob(s) no record referenced", orphans)
+
+
+def expire_unattached(store: BlobStore, repo: MediaRepository, audited: bool = True) -> int:
+    """Delete, in one bounded batch, the items that asked to expire unattached and were not
+    attached in time (`removal.remove`: the usual refcount rules); an audit event each."""
+    removed = 0
+    for record in repo.expired_unattached(_BATCH):
+        if removal.remove(store, repo, record) is None:
+            continue  # it changed meanwhile (attached, completed): the next round looks again
+        removed += 1
+        if audited:
+            audit.emit(
+                audit.Event(
+                    event="expired_unattached",
+                    outcome="success",
+                    status=200,
+                    actor=record.owner,
+                    client_ip=None,
+                    media_id=str(record.id),
+                    sha256=record.sha256,
+                    size=record.size,
+                    request_id=f"expiry-{record.id}",
+                    function="maintenance",
+                )
+            )
+    return removed
 
 
 def scrub_tick(config: Config, store: BlobStore, repo: MediaRepository) -> None:

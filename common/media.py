@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from common import admission, imaging, metrics, processing, quota
+from common import admission, imaging, metadata, metrics, processing, quota, removal
 from common.cas import BlobWriter
 from common.conditional import Content, HeaderLookup, Representation, evaluate
 from common.negotiation import Wanted, choose
@@ -45,11 +45,10 @@ from common.problems import (
     BlobMissing,
     Conflict,
     ContentCorrupt,
-    DatabaseUnavailable,
     Forbidden,
     NotFound,
 )
-from common.records import STATUSES, ListQuery, MediaRecord, NewMedia
+from common.records import STATUSES, Attachment, ListQuery, MediaRecord, NewMedia, Processing
 from common.repository import DigestScope
 from common.services import Services
 from common.signing import check_download, sign_download
@@ -62,7 +61,6 @@ log = logging.getLogger("media")
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 MAX_PREFIX = 255
-_NO_BLOB = "0" * 64  # the lock key for records that have no bytes yet
 
 
 def upload_multipart(
@@ -71,6 +69,7 @@ def upload_multipart(
     body: IO[bytes],
     content_type: str | None,
     content_length: int | None = None,
+    expire_unattached_after: float | None = None,
 ) -> MediaRecord:
     require_scope(principal, WRITE)
     config = services.config
@@ -99,6 +98,7 @@ def upload_multipart(
             content_type=detected[0],
             size=staged.size,
             sha256=staged.sha256,
+            expire_unattached_after=expire_unattached_after,
         )
 
         def write(scope: DigestScope) -> MediaRecord:
@@ -135,7 +135,7 @@ def commit_blob(
             raise
 
 
-def _visible(services: Services, principal: Principal, media_id: str) -> MediaRecord:
+def visible(services: Services, principal: Principal, media_id: str) -> MediaRecord:
     """The record if the caller may see it; someone else's answers exactly like a missing one."""
     try:
         key = uuid.UUID(media_id)
@@ -149,7 +149,7 @@ def _visible(services: Services, principal: Principal, media_id: str) -> MediaRe
 
 def get(services: Services, principal: Principal, media_id: str) -> MediaRecord:
     require_scope(principal, READ)
-    return _visible(services, principal, media_id)
+    return visible(services, principal, media_id)
 
 
 def delete(services: Services, principal: Principal, media_id: str) -> MediaRecord:
@@ -160,13 +160,10 @@ def delete(services: Services, principal: Principal, media_id: str) -> MediaReco
     under that digest's lock. A digest changes once at most (none, then the content's).
     """
     require_scope(principal, DELETE)
-    record = _visible(services, principal, media_id)
+    record = visible(services, principal, media_id)
     for _ in range(3):
-        with services.repo.digest_scope(record.sha256 or _NO_BLOB) as scope:
-            deleted = scope.delete(record.id, record.sha256)
+        deleted = removal.remove(services.store, services.repo, record)
         if deleted is not None:
-            if deleted.sha256 is not None:
-                _unlink_if_unreferenced(services, deleted.sha256)
             return deleted
         current = services.repo.get(record.id)
         if current is None:
@@ -175,27 +172,12 @@ def delete(services: Services, principal: Principal, media_id: str) -> MediaReco
     raise Conflict("The media changed while it was being deleted; try again")
 
 
-def _unlink_if_unreferenced(services: Services, sha256: str) -> None:
-    """The last record of a digest is gone (committed): its blob goes too, unless an upload of the
-    same bytes committed in between; so do its processing job and variants, and each variant's
-    blob that nothing else uses. Should this fail, the record is deleted all the same and the
-    reconciler removes the blob later (see maintenance.py)."""
-    try:
-        with services.repo.digest_scope(sha256) as scope:
-            released = scope.release_processing(sha256)  # its variants, with its last record
-            if scope.references(sha256) == 0:
-                services.store.delete(sha256)
-    except DatabaseUnavailable:
-        log.warning("blob %s of a deleted record left for the reconciler", sha256)
-        return
-    for variant in released:
-        _unlink_if_unreferenced(services, variant)
-
-
 @dataclass(frozen=True)
 class Page:
     items: list[MediaRecord]
     next_cursor: str | None
+    attached: dict[uuid.UUID, Attachment] = dataclasses.field(default_factory=dict)  # ?attached_to
+    processing: dict[str, Processing] | None = None  # ?include=variants: by original's digest
 
 
 def encode_cursor(record: MediaRecord) -> str:
@@ -250,6 +232,10 @@ def list_media(services: Services, principal: Principal, args: Mapping[str, str]
         raise BadRequest(f"`status` must be one of {', '.join(STATUSES)}")
     cursor = args.get("cursor")
     limit = _limit(args.get("limit"))
+    include = _include(args.get("include"))
+    target = metadata.attached_to(args.get("attached_to"))
+    if target is not None:
+        return _with_processing(services, _attached_page(services, principal, target, limit, cursor), include)
     query = ListQuery(
         owner=None if principal.is_admin else principal.subject,
         limit=limit + 1,  # one more tells whether there is a next page
@@ -259,7 +245,69 @@ def list_media(services: Services, principal: Principal, args: Mapping[str, str]
     )
     rows = services.repo.list_media(query)
     items = rows[:limit]
-    return Page(items=items, next_cursor=encode_cursor(items[-1]) if len(rows) > limit else None)
+    page = Page(items=items, next_cursor=encode_cursor(items[-1]) if len(rows) > limit else None)
+    return _with_processing(services, page, include)
+
+
+def _include(raw: str | None) -> bool:
+    """`include=variants`: each item with its variants, srcset and placeholder (one query more)."""
+    if raw is None or raw == "":
+        return False
+    if raw != "variants":
+        raise BadRequest("`include` takes `variants`")
+    return True
+
+
+def _attached_page(
+    services: Services, principal: Principal, target: tuple[str, str], limit: int, cursor: str | None
+) -> Page:
+    """What is attached to (kind, ref), in position order; a user sees their own items only, a
+    service client or an admin everything (the recipe backend shows a recipe's photos)."""
+    owner = None if principal.is_admin or principal.is_client else principal.subject
+    after = _decode_attached_cursor(cursor) if cursor else None
+    rows = services.repo.attached(*target, owner, limit + 1, after)
+    page = rows[:limit]
+    more = len(rows) > limit
+    next_cursor = _encode_attached_cursor(page[-1][1].position, page[-1][0].id) if more else None
+    return Page([r for r, _ in page], next_cursor, {r.id: a for r, a in page})
+
+
+def _encode_attached_cursor(position: int, media_id: uuid.UUID) -> str:
+    raw = json.dumps(["a", position, str(media_id)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_attached_cursor(cursor: str) -> tuple[int, uuid.UUID]:
+    try:
+        tag, position, ident = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if tag != "a" or not isinstance(position, int):
+            raise ValueError(cursor)
+        return position, uuid.UUID(ident)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise BadRequest("`cursor` is not a cursor this service issued") from None
+
+
+def _with_processing(services: Services, page: Page, include: bool) -> Page:
+    if not include:
+        return page
+    digests = [r.sha256 for r in page.items if r.sha256 and r.content_type in imaging.PROCESSABLE]
+    return dataclasses.replace(page, processing=services.repo.processing_of_many(digests, imaging.RECIPE))
+
+
+def page_json(services: Services, page: Page) -> dict[str, Any]:
+    """`GET /media`: the items (with their attachment to `attached_to`, and with `include=variants`
+    what the process function made of each) and the next page's cursor."""
+    items = []
+    for record in page.items:
+        doc = to_json(services, record)
+        if record.id in page.attached:
+            a = page.attached[record.id]
+            doc["attachment"] = {"kind": a.kind, "ref": a.ref, "role": a.role, "position": a.position}
+        if page.processing is not None:
+            state = page.processing.get(record.sha256 or "")
+            doc.update(processing_json(services, record, doc["url"], state, looked_up=True))
+        items.append(doc)
+    return {"items": items, "next_cursor": page.next_cursor}
 
 
 def read_content(
@@ -271,7 +319,7 @@ def read_content(
     want: Wanted = Wanted(),  # noqa: B008 - frozen
 ) -> Content:
     require_scope(principal, READ)
-    return _content(services, _visible(services, principal, media_id), method, headers, want)
+    return _content(services, visible(services, principal, media_id), method, headers, want)
 
 
 def read_signed_content(
@@ -380,19 +428,35 @@ def to_json(services: Services, record: MediaRecord, *, processing: bool = False
         "created_at": record.created_at.isoformat(),
         "updated_at": record.updated_at.isoformat(),
         "owner": record.owner,
+        "alt": record.alt,
+        "caption": record.caption,
+        "tags": list(record.tags),
+        "version": record.version,
+        "expires_at": record.unattached_expires_at.isoformat() if record.unattached_expires_at else None,
         "url": content,
         "links": {"self": self_link, "content": content},
     }
     if processing:
         doc.update(processing_json(services, record, content))
+        doc["attachments"] = [
+            {"kind": a.kind, "ref": a.ref, "role": a.role, "position": a.position}
+            for a in services.repo.attachments_of(record.id)
+        ]
     return doc
 
 
-def processing_json(services: Services, record: MediaRecord, link: str) -> dict[str, Any]:
+def processing_json(
+    services: Services,
+    record: MediaRecord,
+    link: str,
+    state: Processing | None = None,
+    *,
+    looked_up: bool = False,
+) -> dict[str, Any]:
     """`processing` (null for media that are not processed), the image's upright `width`/`height`,
-    `blurhash`, `dominant_color` and its `variants` (empty until done)."""
-    state = None
-    if record.sha256 is not None and record.content_type in imaging.PROCESSABLE:
+    `blurhash`, `dominant_color` and its `variants` (empty until done); `looked_up`: `state` is
+    what a batched lookup found (a listing), so no query is made here."""
+    if not looked_up and record.sha256 is not None and record.content_type in imaging.PROCESSABLE:
         state = services.repo.processing_of(record.sha256, imaging.RECIPE)
     if state is None:
         empty: dict[str, Any] = {"processing": None, "processing_reason": None, "variants": [], "srcset": {}}

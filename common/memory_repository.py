@@ -13,12 +13,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from common.problems import DatabaseUnavailable
+from common.problems import AttachmentLimit, DatabaseUnavailable
 from common.quota import Limits, Usage, grant
 from common.records import (
     CORRUPT_REASON,
     UPLOADED_EVENT,
+    Attachment,
+    Change,
     Erasure,
     ImageJob,
     ListQuery,
@@ -34,8 +37,19 @@ from common.records import (
     settled,
 )
 from common.repository import DigestScope
+from common.sql_recipes import CHANGE_TYPES
 
-_COUNTED = ("ready", "corrupt")  # the statuses usage counts (migration 0006's trigger)
+_COUNTED = ("ready", "corrupt")
+
+
+def _expiry(after_seconds: float | None) -> dict[str, Any]:
+    """expires_unattached, unattached_expires_at of a new record (as repository._expiry)."""
+    if after_seconds is None:
+        return {}
+    return {
+        "expires_unattached": True,
+        "unattached_expires_at": datetime.now(UTC) + timedelta(seconds=after_seconds),
+    }  # the statuses usage counts (migration 0006's trigger)
 
 
 @dataclass
@@ -73,6 +87,7 @@ class InMemoryMediaRepository:
         self.outbox: list[OutboxEvent] = []
         self.sent: set[int] = set()
         self.holds: dict[uuid.UUID, _Hold] = {}
+        self.attachments: dict[tuple[uuid.UUID, str, str], Attachment] = {}
         self.erasures: dict[uuid.UUID, Erasure] = {}
         self.erasure_leases: dict[uuid.UUID, float] = {}
         self.erasure_blobs: dict[uuid.UUID, dict[str, int]] = {}
@@ -178,6 +193,7 @@ class InMemoryMediaRepository:
             created_at=now,
             updated_at=now,
             expires_at=new.expires_at,
+            **_expiry(new.expire_unattached_after),
         )
         with self._guard:
             self.rows[record.id] = record
@@ -382,6 +398,122 @@ class InMemoryMediaRepository:
             bytes_freed=e.bytes_freed + size,
         )
 
+    # --- the recipe application (see sql_recipes.py; the change feed's triggers exist only there)
+
+    def update_metadata(
+        self, media_id: uuid.UUID, expected_version: int | None, fields: dict[str, Any]
+    ) -> MediaRecord | None:
+        self._check()
+        with self._guard:
+            record = self.rows.get(media_id)
+            if record is None or (expected_version is not None and record.version != expected_version):
+                return None
+            changes: dict[str, Any] = {k: tuple(v) if k == "tags" else v for k, v in fields.items()}
+            done = replace(record, **changes, version=record.version + 1, updated_at=datetime.now(UTC))
+            self.rows[media_id] = done
+            return done
+
+    def attach(
+        self, attachment: Attachment, position_given: bool, max_per_media: int, max_per_ref: int
+    ) -> tuple[Attachment, bool]:
+        self._check()
+        a = attachment
+        with self._guard:
+            record = self.rows.get(a.media_id)
+            if record is None:
+                raise LookupError(a.media_id)
+            key = (a.media_id, a.kind, a.ref)
+            existing = self.attachments.get(key)
+            if existing is None:
+                if sum(1 for k in self.attachments if k[0] == a.media_id) >= max_per_media:
+                    raise AttachmentLimit("media", max_per_media)
+                on_ref = [v.position for k, v in self.attachments.items() if k[1:] == (a.kind, a.ref)]
+                if len(on_ref) >= max_per_ref:
+                    raise AttachmentLimit("reference", max_per_ref)
+                position = a.position if position_given else max(on_ref, default=-1) + 1
+            else:
+                position = a.position if position_given else existing.position
+            stored = replace(a, position=position)
+            self.attachments[key] = stored
+            self.rows[a.media_id] = replace(record, unattached_expires_at=None)
+            return stored, existing is None
+
+    def detach(self, media_id: uuid.UUID, kind: str, ref: str, ttl_seconds: float) -> bool:
+        self._check()
+        with self._guard:
+            gone = self.attachments.pop((media_id, kind, ref), None) is not None
+            if gone:
+                self._restart_expiry([media_id], ttl_seconds)
+            return gone
+
+    def detach_all(self, kind: str, ref: str, owner: str | None, ttl_seconds: float) -> int:
+        self._check()
+        with self._guard:
+            keys = [
+                k
+                for k in self.attachments
+                if k[1:] == (kind, ref) and (owner is None or self.rows[k[0]].owner == owner)
+            ]
+            for k in keys:
+                del self.attachments[k]
+            self._restart_expiry([k[0] for k in keys], ttl_seconds)
+            return len(keys)
+
+    def _restart_expiry(self, media_ids: Sequence[uuid.UUID], ttl_seconds: float) -> None:
+        until = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+        for media_id in media_ids:
+            record = self.rows.get(media_id)
+            if record and record.expires_unattached and not any(k[0] == media_id for k in self.attachments):
+                self.rows[media_id] = replace(record, unattached_expires_at=until)
+
+    def attachments_of(self, media_id: uuid.UUID) -> list[Attachment]:
+        self._check()
+        return sorted(
+            (v for k, v in self.attachments.items() if k[0] == media_id), key=lambda a: (a.kind, a.ref)
+        )
+
+    def attached(
+        self, kind: str, ref: str, owner: str | None, limit: int, after: tuple[int, uuid.UUID] | None
+    ) -> list[tuple[MediaRecord, Attachment]]:
+        self._check()
+        with self._guard:
+            found = [
+                (self.rows[k[0]], v)
+                for k, v in self.attachments.items()
+                if k[1:] == (kind, ref) and (owner is None or self.rows[k[0]].owner == owner)
+            ]
+        found.sort(key=lambda pair: (pair[1].position, pair[0].id))
+        if after is not None:
+            found = [p for p in found if (p[1].position, p[0].id) > after]
+        return found[:limit]
+
+    def expired_unattached(self, limit: int) -> list[MediaRecord]:
+        self._check()
+        now = datetime.now(UTC)
+        with self._guard:
+            due = [r for r in self.rows.values() if r.unattached_expires_at and r.unattached_expires_at < now]
+        return sorted(due, key=lambda r: r.unattached_expires_at or now)[:limit]
+
+    def changes_after(self, after: tuple[int, int] | None, limit: int) -> list[Change]:
+        """What the twin's outbox holds of the feed: the feed is written by PostgreSQL's triggers,
+        which the twin does not emulate (tests/integration covers it)."""
+        self._check()
+        return [
+            Change(0, e.id, e.type, e.subject, e.data, e.created_at)
+            for e in self.outbox
+            if e.type.startswith(CHANGE_TYPES) and (after is None or (0, e.id) > after)
+        ][:limit]
+
+    def changes_horizon(self) -> tuple[int, int] | None:
+        return None
+
+    def purge_changes(self, older_than_seconds: float, limit: int) -> int:
+        return 0
+
+    def processing_of_many(self, digests: Sequence[str], recipe: int) -> dict[str, Processing]:
+        found = {d: self.processing_of(d, recipe) for d in digests}
+        return {d: p for d, p in found.items() if p is not None}
+
     def ping(self) -> None:
         self._check()
 
@@ -430,7 +562,10 @@ class _MemoryDigestScope:
     def insert(self, new: NewMedia) -> MediaRecord:
         self._repo._check()
         now = datetime.now(UTC)
-        record = MediaRecord(id=uuid.uuid4(), created_at=now, updated_at=now, **new.__dict__)
+        fields = {k: v for k, v in new.__dict__.items() if k != "expire_unattached_after"}
+        record = MediaRecord(
+            id=uuid.uuid4(), created_at=now, updated_at=now, **fields, **_expiry(new.expire_unattached_after)
+        )
         with self._repo._guard:
             self._repo.rows[record.id] = record
         return replace(record)

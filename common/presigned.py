@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from common import admission, processing
+from common import admission, metadata, processing, recipes
 from common.maintenance import upload_label
 from common.media import commit_blob, ready
 from common.problems import (
@@ -70,6 +70,11 @@ def presign(services: Services, principal: Principal, body: Any) -> PresignedUpl
         size = int(size)  # JSON has one number type: 1024.0 is the integer 1024
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UnprocessableContent("`size` must be a positive integer (bytes)")
+    if "expires_unattached" in body and not isinstance(body["expires_unattached"], bool):
+        raise UnprocessableContent("`expires_unattached` is true or false")
+    expire_after = recipes.expiry_of(
+        services, metadata.flag("expires_unattached", body.get("expires_unattached"))
+    )
     if "sha256" in body and (not isinstance(sha256, str) or not _HEX64.match(sha256.lower())):
         raise UnprocessableContent("`sha256` must be 64 hex digits when given")
     kind = normalise_type(content_type)
@@ -90,7 +95,16 @@ def presign(services: Services, principal: Principal, body: Any) -> PresignedUpl
     declared = sha256.lower() if isinstance(sha256, str) else None
     try:
         record = services.repo.create_pending(
-            NewPending(principal.subject, safe_filename(filename), kind, size, declared, expires_at, hold.id)
+            NewPending(
+                principal.subject,
+                safe_filename(filename),
+                kind,
+                size,
+                declared,
+                expires_at,
+                hold.id,
+                expire_after,
+            )
         )
     except BaseException:
         hold.release()

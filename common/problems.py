@@ -212,6 +212,16 @@ class ContentCorrupt(Problem):
     status, slug, title = 410, "content-corrupt", "The stored content is corrupt"
 
 
+class AttachmentLimitReached(Problem):
+    status, slug, title = 409, "attachment-limit", "Too many attachments"
+
+
+class ChangesCursorExpired(Problem):
+    """The change feed's retention has deleted events after this cursor: start over (resync)."""
+
+    status, slug, title = 410, "cursor-expired", "The cursor is older than the change feed's retention"
+
+
 class StoredContentMissing(Problem):
     """A record whose bytes the store does not have: a fault on our side, named and logged."""
 
@@ -298,6 +308,15 @@ class StorageUnavailable(MediaError):
     """The object store did not answer in time, or answered with a server error."""
 
 
+class AttachmentLimit(MediaError):
+    """An item, or an external record, has as many attachments as it may have."""
+
+    def __init__(self, which: str, limit: int) -> None:
+        super().__init__(f"this {which} already has {limit} attachments, the most it may have")
+        self.which = which
+        self.limit = limit
+
+
 class ScanFailed(MediaError):
     """The scanner could not be reached, timed out or answered something unexpected."""
 
@@ -329,6 +348,8 @@ def to_problem(exc: BaseException) -> Problem:
         return ServiceUnavailable("The database is unavailable; retry shortly")
     if isinstance(exc, StorageUnavailable):
         return ServiceUnavailable("The object store is unavailable; retry shortly")
+    if isinstance(exc, AttachmentLimit):
+        return AttachmentLimitReached(str(exc), limit=exc.limit, counted=exc.which)
     if isinstance(exc, ScanFailed):
         return ScannerUnavailable(
             f"The malware scanner is unavailable ({exc}); nothing was stored, retry shortly"

@@ -28,6 +28,12 @@ class MediaRecord:
     updated_at: datetime
     expires_at: datetime | None = None  # pending uploads: when the upload URL expires
     failure_reason: str | None = None
+    alt: str | None = None
+    caption: str | None = None
+    tags: tuple[str, ...] = ()
+    version: int = 1  # of the metadata: its ETag (If-Match)
+    expires_unattached: bool = False
+    unattached_expires_at: datetime | None = None  # set while it asked to expire and is unattached
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class NewPending:
     declared_sha256: str | None
     expires_at: datetime
     id: uuid.UUID | None = None  # chosen by the caller (the quota hold's id); None: a new one
+    expire_unattached_after: float | None = None  # seconds; None: kept until deleted
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class NewMedia:
     size: int
     sha256: str
     status: str = "ready"
+    expire_unattached_after: float | None = None  # seconds; None: kept until deleted
 
 
 @dataclass(frozen=True)
@@ -162,9 +170,31 @@ class ScrubState:
 # The columns a MediaRecord is read from, in its fields' order (the SQL modules select them).
 MEDIA_COLUMNS = (
     "id, owner, filename, content_type, size, sha256, status,"
-    " created_at, updated_at, expires_at, failure_reason"
+    " created_at, updated_at, expires_at, failure_reason,"
+    " alt, caption, tags, version, expires_unattached, unattached_expires_at"
 )
 
 
 def media_record(row: dict[str, Any]) -> MediaRecord:
-    return MediaRecord(**row)
+    return MediaRecord(**{**row, "tags": tuple(row["tags"])})
+
+
+@dataclass(frozen=True)
+class Attachment:
+    media_id: uuid.UUID
+    kind: str
+    ref: str
+    role: str | None
+    position: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """One event of the change feed: its place (`xid`, `id`), what happened, to which record."""
+
+    xid: int
+    id: int
+    type: str
+    subject: str
+    data: dict[str, Any]
+    created_at: datetime

@@ -31,6 +31,8 @@ from common.quota import Limits, Usage
 from common.records import (
     CORRUPT_REASON,
     MEDIA_COLUMNS,
+    Attachment,
+    Change,
     Erasure,
     ImageJob,
     ListQuery,
@@ -47,6 +49,7 @@ from common.records import (
 )
 from common.sql_accounts import AccountQueries, AccountScope
 from common.sql_processing import ProcessingQueries, ProcessingScope
+from common.sql_recipes import RecipeQueries
 from common.sql_scrub import ScrubQueries
 
 
@@ -194,6 +197,38 @@ class MediaRepository(Protocol):
     def finish_erasure(self, erasure: uuid.UUID) -> Erasure | None:
         """Done, if nothing of the subject and nothing to check is left; else None."""
 
+    def update_metadata(
+        self, media_id: uuid.UUID, expected_version: int | None, fields: dict[str, Any]
+    ) -> MediaRecord | None:
+        """Set the descriptive `fields` if the version is still `expected_version` (None: any)."""
+
+    def attach(
+        self, attachment: Attachment, position_given: bool, max_per_media: int, max_per_ref: int
+    ) -> tuple[Attachment, bool]:
+        """Attach or update; (what is stored, created?); AttachmentLimit past a limit."""
+
+    def detach(self, media_id: uuid.UUID, kind: str, ref: str, ttl_seconds: float) -> bool: ...
+
+    def detach_all(self, kind: str, ref: str, owner: str | None, ttl_seconds: float) -> int: ...
+
+    def attachments_of(self, media_id: uuid.UUID) -> list[Attachment]: ...
+
+    def attached(
+        self, kind: str, ref: str, owner: str | None, limit: int, after: tuple[int, uuid.UUID] | None
+    ) -> list[tuple[MediaRecord, Attachment]]:
+        """What is attached to (kind, ref), in position order (keyset on (position, id))."""
+
+    def expired_unattached(self, limit: int) -> list[MediaRecord]: ...
+
+    def changes_after(self, after: tuple[int, int] | None, limit: int) -> list[Change]:
+        """The change feed after the cursor (xid, id), strictly ordered, without gaps."""
+
+    def changes_horizon(self) -> tuple[int, int] | None: ...
+
+    def purge_changes(self, older_than_seconds: float, limit: int) -> int: ...
+
+    def processing_of_many(self, digests: Sequence[str], recipe: int) -> dict[str, Processing]: ...
+
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
@@ -213,6 +248,14 @@ class MediaRepository(Protocol):
         """How many records of `sha256` there are, by status."""
 
 
+# expires_unattached, unattached_expires_at: from (flag, seconds) of `_expiry`.
+_EXPIRY = "%s, clock_timestamp() + make_interval(secs => %s)"
+
+
+def _expiry(after_seconds: float | None) -> tuple[bool, float | None]:
+    return after_seconds is not None, after_seconds
+
+
 def _lock_key(sha256: str) -> int:
     """A signed 64-bit advisory-lock key from the digest's first 16 hex digits."""
     return int(sha256[:16], 16) - (1 << 63)
@@ -225,9 +268,19 @@ class _PgDigestScope(ProcessingScope, AccountScope):
     def insert(self, new: NewMedia) -> MediaRecord:
         with translate_errors(), self._conn.transaction():
             row = self._conn.execute(
-                f"INSERT INTO media (id, owner, filename, content_type, size, sha256, status)"  # noqa: S608
-                f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {MEDIA_COLUMNS}",
-                (uuid.uuid4(), new.owner, new.filename, new.content_type, new.size, new.sha256, new.status),
+                "INSERT INTO media (id, owner, filename, content_type, size, sha256, status,"  # noqa: S608
+                " expires_unattached, unattached_expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                f" {_EXPIRY}) RETURNING {MEDIA_COLUMNS}",
+                (
+                    uuid.uuid4(),
+                    new.owner,
+                    new.filename,
+                    new.content_type,
+                    new.size,
+                    new.sha256,
+                    new.status,
+                    *_expiry(new.expire_unattached_after),
+                ),
             ).fetchone()
         assert row is not None
         return media_record(row)
@@ -262,7 +315,7 @@ class _PgDigestScope(ProcessingScope, AccountScope):
         return int(row["n"])
 
 
-class PgMediaRepository(ProcessingQueries, AccountQueries, ScrubQueries):
+class PgMediaRepository(ProcessingQueries, AccountQueries, ScrubQueries, RecipeQueries):
     """Opens its pool on construction; build it per process, after the fork (see services.py)."""
 
     def __init__(
@@ -390,8 +443,9 @@ class PgMediaRepository(ProcessingQueries, AccountQueries, ScrubQueries):
         with self._conn() as conn:
             row = conn.execute(
                 "INSERT INTO media"  # noqa: S608 - only the fixed column list is interpolated
-                " (id, owner, filename, content_type, size, status, expires_at, declared_sha256)"
-                f" VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s) RETURNING {MEDIA_COLUMNS}",
+                " (id, owner, filename, content_type, size, status, expires_at, declared_sha256,"
+                " expires_unattached, unattached_expires_at)"
+                f" VALUES (%s, %s, %s, %s, %s, 'pending', %s, %s, {_EXPIRY}) RETURNING {MEDIA_COLUMNS}",
                 (
                     new.id or uuid.uuid4(),
                     new.owner,
@@ -400,6 +454,7 @@ class PgMediaRepository(ProcessingQueries, AccountQueries, ScrubQueries):
                     new.size,
                     new.expires_at,
                     new.declared_sha256,
+                    *_expiry(new.expire_unattached_after),
                 ),
             ).fetchone()
         assert row is not None

@@ -146,11 +146,21 @@ def read_small_body(request: Request, limit: int = JSON_BODY_LIMIT) -> bytes:
     return raw
 
 
-def read_json(request: Request, limit: int = JSON_BODY_LIMIT) -> Any:
-    """A small JSON request body, read with a bound (never `request.get_json()` on untrusted sizes)."""
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType("Send Content-Type: application/json")
+def read_json(
+    request: Request,
+    limit: int = JSON_BODY_LIMIT,
+    types: tuple[str, ...] = ("application/json",),
+    optional: bool = False,
+) -> Any:
+    """A small JSON request body, read with a bound (never `request.get_json()` on untrusted sizes);
+    `optional`: no body at all is None."""
+    if optional and not request.content_length and not request.mimetype:
+        return None
+    if request.mimetype not in types:
+        raise UnsupportedMediaType(f"Send Content-Type: {' or '.join(types)}")
     raw = read_small_body(request, limit)
+    if optional and not raw:
+        return None
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

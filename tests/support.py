@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,10 +59,20 @@ class BufferedClient(Client):
         return super().open(*args, **kwargs)
 
 
+_routers: dict[int, tuple[Services, Any]] = {}
+_routers_lock = threading.Lock()
+
+
 def api_client(services: Services) -> BufferedClient:
-    """Every function's handlers behind the local router, in process, with these services."""
-    apps = {name: load_routes(name).wsgi_app(lambda: services) for name in function_names()}
-    return BufferedClient(build_router(apps))
+    """Every function's handlers behind the local router, in process, with these services. The
+    router is built once per `services` (Werkzeug compiles each rule with `ast`, which CPython 3.11
+    does not do safely from several threads at once: "AST constructor recursion depth mismatch")."""
+    with _routers_lock:
+        known = _routers.get(id(services))
+        if known is None or known[0] is not services:
+            apps = {name: load_routes(name).wsgi_app(lambda: services) for name in function_names()}
+            known = _routers[id(services)] = (services, build_router(apps))
+    return BufferedClient(known[1])
 
 
 def service_env(database_url: str, **extra: str) -> dict[str, str]:

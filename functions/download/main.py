@@ -7,7 +7,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common import accounts, health, media, negotiation, web
+from common import accounts, changes, health, media, metadata, negotiation, web
 from common.services import Services, default_provider
 
 routes = web.Routes("download")
@@ -18,15 +18,19 @@ web.register_preflights(routes)
 @routes.operation("listMedia")
 def list_media(request: Request, services: Services) -> Response:
     page = media.list_media(services, web.authenticate(request, services), request.args)
-    return web.json_response(
-        {"items": [media.to_json(services, r) for r in page.items], "next_cursor": page.next_cursor}
-    )
+    return web.json_response(media.page_json(services, page))
 
 
 @routes.operation("getMedia")
 def get_media(request: Request, services: Services, id: str) -> Response:
     record = media.get(services, web.authenticate(request, services), id)
-    return web.json_response(media.to_json(services, record, processing=True))
+    etag = metadata.etag(record.version)
+    return web.json_response(media.to_json(services, record, processing=True), 200, {"ETag": etag})
+
+
+@routes.operation("listChanges")
+def list_changes(request: Request, services: Services) -> Response:
+    return web.json_response(changes.page(services, web.authenticate(request, services), request.args))
 
 
 @routes.operation("getUsage")

@@ -40,7 +40,9 @@ def test_make_run_processes_an_upload_through_its_event(pg: RunningPostgres, tmp
         doc, _ = upload_and_wait(stack, 60)
         assert doc["processing"] == "done", (doc, stack.log()[-3000:])
         with psycopg.connect(pg.url) as conn:  # the event was accepted (a 202) by /events
-            row = conn.execute("SELECT sent_at FROM outbox WHERE subject = %s", (doc["id"],)).fetchone()
+            row = conn.execute(
+                "SELECT sent_at FROM outbox WHERE subject = %s AND type = 'media.uploaded'", (doc["id"],)
+            ).fetchone()
         assert row is not None and row[0] is not None
         webp = requests.get(doc["srcset"]["webp"].split(" ")[0], timeout=10)
         assert webp.status_code == 200 and webp.headers["Content-Type"] == "image/webp"

@@ -576,3 +576,12 @@ def test_readme_names_the_knative_feature_flags_and_the_apply_order() -> None:
         assert flag in README, flag
     for stage in ("database", "migration", "service", "events"):
         assert f"{manifests.STAGE_LABEL}={stage}" in README, stage
+
+
+def test_the_search_indexer_example_subscribes_to_the_change_feed_on_our_broker() -> None:
+    from common.sql_recipes import CHANGE_TYPES
+
+    (trigger,) = list(yaml.safe_load_all((ROOT / "infra/examples/search-indexer-trigger.yaml").read_text()))
+    assert trigger["kind"] == "Trigger" and trigger["spec"]["broker"] == manifests.BROKER
+    assert trigger["metadata"]["namespace"] == plans.NAMESPACE
+    assert trigger["spec"]["filters"] == [{"prefix": {"type": CHANGE_TYPES}}]

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,14 +15,15 @@ import pytest
 from psycopg.rows import dict_row
 from werkzeug.test import Client
 
-from common import maintenance, media, presigned
+from common import accounts, erasure, imaging, maintenance, media, presigned, processing
 from common.config import Config
 from common.problems import QuotaExceeded, UploadMismatch
 from common.quota import Limits
 from common.records import ListQuery
 from common.services import Services, build_services
 from common.tokens import ADMIN, DELETE, READ, WRITE, Principal
-from tests.factories import PUBLIC_BASE, bearer, png, token, upload_body
+from tests import support
+from tests.factories import PUBLIC_BASE, bearer, photo, png, token, upload_body
 from tests.support import stored_blobs
 
 
@@ -195,3 +197,38 @@ def test_a_lapsed_hold_is_purged_by_the_maintenance(services: Services) -> None:
         left = conn.execute("SELECT count(*) FROM quota_holds WHERE owner = %s", (who,)).fetchone()
     assert left == (0,)
     assert services.repo.reserve(uuid.uuid4(), who, limits, 1, 10, 10, 60).granted == 10
+
+
+def test_asking_again_joins_the_running_erasure_and_a_later_one_starts_afresh(services: Services) -> None:
+    subject = f"again-{time.time_ns()}"
+    first = services.repo.start_erasure(subject, subject)
+    assert services.repo.start_erasure(subject, "root").id == first.id  # one running per subject
+    assert services.repo.claim_erasure(60, first.id) is not None
+    assert services.repo.claim_erasure(60, first.id) is None  # leased
+    services.repo.release_erasure(first.id)
+    assert erasure.run(services.store, services.repo, first.id, time.monotonic() + 10)
+    later = services.repo.start_erasure(subject, subject)
+    assert later.id != first.id and later.state == "running" and later.records_removed == 0
+
+
+def test_an_erasure_frees_the_variants_of_the_images_it_removes(own_database: str, tmp_path: Path) -> None:
+    services = build_services(support.make_config(tmp_path / "data", own_database), background=False)
+    try:
+        alice = Principal(f"cook-{time.time_ns()}", frozenset({READ, WRITE, DELETE}))
+        body, ctype = upload_body(photo(900, 600), "dish.jpg")
+        record = media.upload_multipart(services, alice, io.BytesIO(body), ctype)
+        processing.drain(services)
+        made = services.repo.processing_of(record.sha256 or "", imaging.RECIPE)
+        assert made is not None and made.state == "done" and made.variants
+        before = set(stored_blobs(services.store))
+        assert {v.sha256 for v in made.variants} <= before
+
+        job = accounts.request_erasure(services, alice, "me")
+
+        assert job.state == "done" and job.records_removed == 1
+        assert job.blobs_removed == 1 + len(made.variants)
+        assert job.bytes_freed == record.size + sum(v.size for v in made.variants)
+        assert stored_blobs(services.store) == []
+        assert services.repo.processing_of(record.sha256 or "", imaging.RECIPE) is None
+    finally:
+        services.repo.close()

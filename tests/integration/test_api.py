@@ -65,6 +65,7 @@ def test_upload_png_jpeg_pdf(api: Client, services: Services, make: Any, kind: s
         "dominant_color",
         "variants",
         "srcset",
+        "attachments",
     }
 
 
