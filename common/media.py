@@ -303,9 +303,11 @@ def page_json(services: Services, page: Page) -> dict[str, Any]:
         if record.id in page.attached:
             a = page.attached[record.id]
             doc["attachment"] = {"kind": a.kind, "ref": a.ref, "role": a.role, "position": a.position}
-        if page.processing is not None:
+        if page.processing is not None:  # what a grid needs: srcset and placeholder (not the list)
             state = page.processing.get(record.sha256 or "")
-            doc.update(processing_json(services, record, doc["url"], state, looked_up=True))
+            thumbnails = processing_json(services, record, doc["url"], state, looked_up=True)
+            del thumbnails["variants"]
+            doc.update(thumbnails)
         items.append(doc)
     return {"items": items, "next_cursor": page.next_cursor}
 
