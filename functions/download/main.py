@@ -7,7 +7,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common import accounts, changes, health, media, metadata, negotiation, web
+from common import accounts, changes, health, listing, media, metadata, negotiation, web
 from common.services import Services, default_provider
 
 routes = web.Routes("download")
@@ -17,8 +17,8 @@ web.register_preflights(routes)
 
 @routes.operation("listMedia")
 def list_media(request: Request, services: Services) -> Response:
-    page = media.list_media(services, web.authenticate(request, services), request.args)
-    return web.json_response(media.page_json(services, page))
+    page = listing.list_media(services, web.authenticate(request, services), request.args)
+    return web.json_response(listing.page_json(services, page))
 
 
 @routes.operation("getMedia")

@@ -28,7 +28,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from common import media
+from common import listing, media
 from common.migrate import set_role_statement_timeout
 from common.problems import DatabaseUnavailable
 from common.records import ListQuery
@@ -158,7 +158,7 @@ def test_every_operation_works_through_a_transaction_pooler(pooled: Services, bo
     def round_trip(_: int) -> None:
         record = media.upload_multipart(pooled, alice, io.BytesIO(body), ctype)
         assert media.get(pooled, alice, str(record.id)) == record
-        media.list_media(pooled, alice, {"limit": "5"})
+        listing.list_media(pooled, alice, {"limit": "5"})
         pooled.repo.rate_take(f"bouncer:{alice.subject}", 0.001, 60)
 
     # 16 threads × 10 rounds: each query runs far more often than psycopg's prepare threshold (5),

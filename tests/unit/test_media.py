@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from common import media
+from common import listing, media
 from common.problems import BadRequest, Forbidden, NotFound, TypeNotAllowed
 from common.records import ListQuery, MediaRecord
 from common.services import Services
@@ -86,24 +86,24 @@ def test_a_delete_racing_the_completion_of_its_upload_leaves_no_orphan(svc: Serv
 def test_listing_pages_newest_first_with_a_cursor(svc: Services) -> None:
     ids = [upload(svc, ALICE, png()).id for _ in range(5)]
     upload(svc, BOB, png())
-    first = media.list_media(svc, ALICE, {"limit": "2"})
+    first = listing.list_media(svc, ALICE, {"limit": "2"})
     assert [r.id for r in first.items] == ids[::-1][:2]
     assert first.next_cursor
-    second = media.list_media(svc, ALICE, {"limit": "2", "cursor": first.next_cursor})
-    third = media.list_media(svc, ALICE, {"limit": "2", "cursor": second.next_cursor or ""})
+    second = listing.list_media(svc, ALICE, {"limit": "2", "cursor": first.next_cursor})
+    third = listing.list_media(svc, ALICE, {"limit": "2", "cursor": second.next_cursor or ""})
     assert [r.id for r in second.items + third.items] == ids[::-1][2:]
     assert third.next_cursor is None
-    assert len(media.list_media(svc, ADMIN_P, {}).items) == 6
+    assert len(listing.list_media(svc, ADMIN_P, {}).items) == 6
 
 
 def test_listing_filters(svc: Services) -> None:
     upload(svc, ALICE, png())
     upload(svc, ALICE, pdf())
-    assert [r.content_type for r in media.list_media(svc, ALICE, {"content_type": "image/"}).items] == [
+    assert [r.content_type for r in listing.list_media(svc, ALICE, {"content_type": "image/"}).items] == [
         "image/png"
     ]
-    assert len(media.list_media(svc, ALICE, {"status": "ready"}).items) == 2
-    assert media.list_media(svc, ALICE, {"status": "pending"}).items == []
+    assert len(listing.list_media(svc, ALICE, {"status": "ready"}).items) == 2
+    assert listing.list_media(svc, ALICE, {"status": "pending"}).items == []
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_listing_filters(svc: Services) -> None:
 )
 def test_bad_listing_parameters_are_400(svc: Services, args: dict[str, str]) -> None:
     with pytest.raises(BadRequest):
-        media.list_media(svc, ALICE, args)
+        listing.list_media(svc, ALICE, args)
 
 
 def test_read_content_positions_the_file_at_the_range(svc: Services) -> None:

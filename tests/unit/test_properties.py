@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import media
+from common import listing
 from common.cas import InMemoryBlobStore
 from common.conditional import Representation, evaluate, parse_etags, parse_range
 from common.problems import (
@@ -175,7 +175,7 @@ def test_a_signed_download_link_verifies() -> None:
 @given(st.text(max_size=300))
 def test_a_cursor_decodes_or_is_a_400(cursor: str) -> None:
     try:
-        created, ident = media.decode_cursor(cursor)
+        created, ident = listing.decode_cursor(cursor)
     except BadRequest:
         return
     assert created.tzinfo is not None and isinstance(ident, uuid.UUID)
@@ -184,7 +184,7 @@ def test_a_cursor_decodes_or_is_a_400(cursor: str) -> None:
 @given(st.datetimes(timezones=st.just(UTC)), st.uuids())
 def test_a_cursor_the_service_issued_decodes_to_its_position(created: datetime, ident: uuid.UUID) -> None:
     record = MediaRecord(ident, "o", "f", "image/png", 1, None, "pending", created, created)
-    assert media.decode_cursor(media.encode_cursor(record)) == (created, ident)
+    assert listing.decode_cursor(listing.encode_cursor(record)) == (created, ident)
 
 
 @given(st.none() | st.text(max_size=1000))
