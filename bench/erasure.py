@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import database
 from common import erasure
 from common.config import Config
 from common.migrate import migrate
@@ -75,18 +75,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="merase", dir="/tmp") as tmp:  # a short socket path
-        url = os.environ.get("MEDIA_DATABASE_URL")
-        server = None
-        if not url:
-            import pgserver
-
-            server = pgserver.get_server(str(Path(tmp) / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
-            url = str(server.get_uri())
+        url, stop_database = database(Path(tmp))
         try:
             result = measure(url, Path(tmp) / "data", args.records)
         finally:
-            if server is not None:
-                server.cleanup()
+            stop_database()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(

@@ -21,7 +21,6 @@ Written to bench/results/listing.json. `python -m bench.listing` runs it alone.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import statistics
@@ -35,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from bench import database
 from bench.rehearsal import wrk
 from common.imaging import RECIPE
 from common.migrate import migrate
@@ -171,13 +171,7 @@ def main() -> int:
         return 2
     secret = "bench-" + secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="mlist", dir="/tmp") as tmp:  # a short socket path
-        server = None
-        url = os.environ.get("MEDIA_DATABASE_URL")
-        if not url:
-            import pgserver
-
-            server = pgserver.get_server(str(Path(tmp) / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
-            url = str(server.get_uri())
+        url, stop_database = database(Path(tmp))
         env = {
             "MEDIA_DATABASE_URL": url,
             "MEDIA_JWT_SECRET": secret,
@@ -207,8 +201,7 @@ def main() -> int:
             figures = measure(rehearsal.base, auth)
         finally:
             rehearsal.stop()
-            if server is not None:
-                server.cleanup()
+            stop_database()
     implemented = bool(answers["include_variants_implemented"])
     result = {
         "page": PAGE,

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench import database
 from common.tokens import issue_hs256
 from localdev.harness import MiB, peak_rss_bytes, s3_server, send
 from localdev.rehearsal import Rehearsal
@@ -407,13 +408,7 @@ def main() -> int:
     presign_secret = "bench-presign-" + os.urandom(16).hex()
     jwks, signing_key = jwks_provider()
     with tempfile.TemporaryDirectory(prefix="mbench", dir="/tmp") as tmp:
-        server = None
-        url = os.environ.get("MEDIA_DATABASE_URL")
-        if not url:
-            import pgserver
-
-            server = pgserver.get_server(str(Path(tmp) / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
-            url = str(server.get_uri())
+        url, stop_database = database(Path(tmp))
         env = {
             "MEDIA_DATABASE_URL": url,
             "MEDIA_JWT_SECRET": secret,
@@ -477,8 +472,7 @@ def main() -> int:
         try:
             stores["s3"] = on_s3(env, Path(tmp), token)
         finally:
-            if server is not None:
-                server.cleanup()
+            stop_database()
             jwks.shutdown()
             jwks.server_close()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from common import admission, metadata, processing, recipes
+from common import admission, processing, recipes
 from common.maintenance import upload_label
 from common.media import commit_blob, ready
 from common.problems import (
@@ -72,9 +72,7 @@ def presign(services: Services, principal: Principal, body: Any) -> PresignedUpl
         raise UnprocessableContent("`size` must be a positive integer (bytes)")
     if "expires_unattached" in body and not isinstance(body["expires_unattached"], bool):
         raise UnprocessableContent("`expires_unattached` is true or false")
-    expire_after = recipes.expiry_of(
-        services, metadata.flag("expires_unattached", body.get("expires_unattached"))
-    )
+    expire_after = recipes.expiry_of(services, body.get("expires_unattached"))  # a bool, or absent
     if "sha256" in body and (not isinstance(sha256, str) or not _HEX64.match(sha256.lower())):
         raise UnprocessableContent("`sha256` must be 64 hex digits when given")
     kind = normalise_type(content_type)
