@@ -8,6 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
+
 from common.config import Config
 from common.problems import TooManyRequests
 from common.ratelimit import BYTES_STEP
@@ -124,3 +126,11 @@ def test_keys_back_at_full_quota_are_forgotten(services: Services) -> None:
     assert services.repo.purge_rate_limits() >= 1
     allowed, ahead = services.repo.rate_take(key, 0, 60)
     assert allowed and ahead == 0.0  # as new
+
+
+def test_the_limiter_state_is_written_without_wal(pg: support.RunningPostgres) -> None:
+    """Migration 0009: rate_limits is UNLOGGED (a crash only resets the limits), so a charge
+    during an upload does not wait for a WAL flush."""
+    with psycopg.connect(pg.url, client_encoding="utf8") as conn:
+        row = conn.execute("SELECT relpersistence FROM pg_class WHERE relname = 'rate_limits'").fetchone()
+    assert row == ("u",)
