@@ -119,6 +119,13 @@ def _server_timeout(timeout_seconds: float) -> dict[str, Any]:
 _THROUGH_TRANSACTION_POOLER: dict[str, Any] = {"prepare_threshold": None}
 
 
+def digest_lock_key(sha256: str) -> int:
+    """The digest's advisory-lock key (`pg_advisory_xact_lock`): a signed 64-bit integer from its
+    first 16 hex digits. Who creates or removes the digest's blob, or settles its processing,
+    holds it (repository.py)."""
+    return int(sha256[:16], 16) - (1 << 63)
+
+
 # What the repository's SQL modules are handed: a pool checkout, as a context manager.
 Connect = Callable[[], AbstractContextManager[DeadlineConnection]]
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
-from common.database import Database, DeadlineConnection, translate_errors
+from common.database import Database, DeadlineConnection, digest_lock_key, translate_errors
 from common.quota import Limits, Usage
 from common.records import (
     CORRUPT_REASON,
@@ -256,11 +256,6 @@ def _expiry(after_seconds: float | None) -> tuple[bool, float | None]:
     return after_seconds is not None, after_seconds
 
 
-def _lock_key(sha256: str) -> int:
-    """A signed 64-bit advisory-lock key from the digest's first 16 hex digits."""
-    return int(sha256[:16], 16) - (1 << 63)
-
-
 class _PgDigestScope(ProcessingScope, AccountScope):
     def __init__(self, conn: DeadlineConnection) -> None:
         self._conn = conn
@@ -369,14 +364,14 @@ class PgMediaRepository(ProcessingQueries, AccountQueries, ScrubQueries, RecipeQ
     @contextmanager
     def digest_scope(self, sha256: str) -> Iterator[DigestScope]:
         with self._conn() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(sha256),))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (digest_lock_key(sha256),))
             yield _PgDigestScope(conn)
 
     @contextmanager
     def try_digest_scope(self, sha256: str) -> Iterator[DigestScope | None]:
         with self._conn() as conn, conn.transaction():
             row = conn.execute(
-                "SELECT pg_try_advisory_xact_lock(%s) AS locked", (_lock_key(sha256),)
+                "SELECT pg_try_advisory_xact_lock(%s) AS locked", (digest_lock_key(sha256),)
             ).fetchone()
             yield _PgDigestScope(conn) if row is not None and row["locked"] else None
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from psycopg.types.json import Jsonb
 
-from common.database import Connect, DeadlineConnection, translate_errors
+from common.database import Connect, DeadlineConnection, digest_lock_key, translate_errors
 from common.records import UPLOADED_EVENT, ImageJob, OutboxEvent, Outcome, Processing, VariantRow, settled
 
 
@@ -84,8 +84,12 @@ class ProcessingQueries:
         return ImageJob(**row) if row else None
 
     def finish_job(self, job: ImageJob, outcome: Outcome, max_attempts: int) -> str | None:
+        """Under the original's digest lock, taken before anything is written: the `processed`
+        events (migration 0010) are then ordered with the uploads and deletes of that digest's
+        records, as the change feed orders them (by transaction id, assigned at the first write)."""
         state, reason, delay = settled(job, outcome, max_attempts)
-        with self._conn() as conn:
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (digest_lock_key(job.sha256),))
             row = conn.execute(
                 "UPDATE image_jobs SET state = %(state)s, reason = %(reason)s, lease_until = NULL,"
                 " next_attempt_at = clock_timestamp() + make_interval(secs => %(delay)s),"

@@ -120,6 +120,8 @@ class RecipeQueries:
     def detach(self, media_id: uuid.UUID, kind: str, ref: str, ttl_seconds: float) -> bool:
         """Remove the attachment; the item's expiry restarts if it asked for one and none is left."""
         with translate_errors(), self._conn() as conn, conn.transaction():
+            # The record's row lock first, before any write: see `_lock_records`.
+            self._lock_records(conn, "id = %s", (media_id,))
             gone = conn.execute(
                 "DELETE FROM attachments WHERE media_id = %s AND kind = %s AND ref = %s RETURNING media_id",
                 (media_id, kind, ref),
@@ -130,6 +132,12 @@ class RecipeQueries:
     def detach_all(self, kind: str, ref: str, owner: str | None, ttl_seconds: float) -> int:
         """Everything attached to (kind, ref), or only `owner`'s items; how many were detached."""
         with translate_errors(), self._conn() as conn, conn.transaction():
+            self._lock_records(
+                conn,
+                "id IN (SELECT media_id FROM attachments WHERE kind = %s AND ref = %s)"
+                " AND (%s::text IS NULL OR owner = %s)",
+                (kind, ref, owner, owner),
+            )
             rows = conn.execute(
                 "DELETE FROM attachments a WHERE kind = %s AND ref = %s AND (%s::text IS NULL"
                 " OR EXISTS (SELECT 1 FROM media m WHERE m.id = a.media_id AND m.owner = %s))"
@@ -138,6 +146,18 @@ class RecipeQueries:
             ).fetchall()
             self._restart_expiry(conn, [r["media_id"] for r in rows], ttl_seconds)
         return len(rows)
+
+    @staticmethod
+    def _lock_records(conn: Any, where: str, params: tuple[Any, ...]) -> None:
+        """Row-lock the records a change of attachments writes an event for, as the transaction's
+        first write. The change feed orders events by transaction id, which a transaction gets at
+        its first write; taking the record's lock there orders this one with every other change to
+        the record (patches, deletes, attaching, and the `processed` events of migration 0010,
+        which lock the record too), so that the last event of a record carries its last state."""
+        conn.execute(
+            f"SELECT 1 FROM media WHERE {where} ORDER BY id FOR NO KEY UPDATE",  # noqa: S608 - constants
+            params,
+        )
 
     @staticmethod
     def _restart_expiry(conn: Any, media_ids: Sequence[uuid.UUID], ttl_seconds: float) -> None:

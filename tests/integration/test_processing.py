@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from common import imaging, media, processing
 from common.config import Config
 from common.events import DRAIN_EVENT, Received, RecordingSink
-from common.records import UPLOADED_EVENT, MediaRecord
+from common.records import UPLOADED_EVENT, MediaRecord, Outcome
 from common.services import Services, build_services
 from common.tokens import DELETE, READ, WRITE, Principal
 from tests import support
@@ -266,3 +267,34 @@ def test_a_heic_from_a_phone_is_accepted_when_listed_and_gets_variants(
         assert {v.format for v in state.variants} == {"avif", "webp", "jpeg"}
     finally:
         services.repo.close()
+
+
+@pytest.mark.parametrize("change", ["delete", "patch"])
+def test_a_processed_event_is_ordered_after_a_change_of_its_record_still_running(
+    svc: Services, change: str
+) -> None:
+    """The change feed orders by transaction id. A change of the record that took its id first
+    but commits while the processing finishes must not be followed by a `processed` event that
+    read the record as it was before the change (migration 0010): the record's last event is
+    its last state (a deleted record does not come back to an indexer)."""
+    record = upload(svc, photo(320, 240))
+    job = svc.repo.claim_job(60, record.sha256)
+    assert job is not None
+    with psycopg.connect(svc.config.require_database_url(), client_encoding="utf8") as other:
+        if change == "delete":  # the change in progress: its transaction id is taken, uncommitted
+            other.execute("DELETE FROM media WHERE id = %s", (record.id,))
+        else:
+            other.execute("UPDATE media SET alt = 'soup', version = version + 1 WHERE id = %s", (record.id,))
+        finished = threading.Thread(target=svc.repo.finish_job, args=(job, Outcome("done"), 5))
+        finished.start()
+        finished.join(1.0)
+        assert finished.is_alive()  # the processed event waits for the change to be decided
+        other.commit()
+    finished.join(10)
+    assert not finished.is_alive()
+    mine = [c for c in svc.repo.changes_after(None, 1000) if c.subject == str(record.id)]
+    last = mine[-1]
+    if change == "delete":
+        assert last.type == "com.recipes.media.deleted", [c.type for c in mine]
+    else:
+        assert last.type == "com.recipes.media.processed" and last.data["alt"] == "soup"
