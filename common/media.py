@@ -44,7 +44,7 @@ from common.problems import (
     Forbidden,
     NotFound,
 )
-from common.records import MediaRecord, NewMedia, Processing
+from common.records import Detail, MediaRecord, NewMedia, Processing
 from common.repository import DigestScope
 from common.services import Services
 from common.signing import check_download, sign_download
@@ -127,21 +127,40 @@ def commit_blob(
             raise
 
 
-def visible(services: Services, principal: Principal, media_id: str) -> MediaRecord:
-    """The record if the caller may see it; someone else's answers exactly like a missing one."""
+def _key(media_id: str) -> uuid.UUID:
     try:
-        key = uuid.UUID(media_id)
+        return uuid.UUID(media_id)
     except ValueError:
         raise NotFound("No such media") from None
-    record = services.repo.get(key)
+
+
+def _may_see(principal: Principal, record: MediaRecord | None) -> MediaRecord:
+    """Someone else's record answers exactly like a missing one."""
     if record is None or not (principal.is_admin or record.owner == principal.subject):
         raise NotFound("No such media")
     return record
 
 
-def get(services: Services, principal: Principal, media_id: str) -> MediaRecord:
+def visible(services: Services, principal: Principal, media_id: str) -> MediaRecord:
+    """The record if the caller may see it."""
+    return _may_see(principal, services.repo.get(_key(media_id)))
+
+
+def get(services: Services, principal: Principal, media_id: str) -> Detail:
+    """`GET /media/{id}`: the record with its processing and attachments, in one round trip."""
     require_scope(principal, READ)
-    return visible(services, principal, media_id)
+    detail = services.repo.detail(_key(media_id), imaging.RECIPE)
+    _may_see(principal, detail.record if detail else None)
+    assert detail is not None
+    return detail
+
+
+def detail_of(services: Services, record: MediaRecord) -> Detail:
+    """What `get` shows of a record already read (after a change): NotFound if it is gone since."""
+    detail = services.repo.detail(record.id, imaging.RECIPE)
+    if detail is None:
+        raise NotFound("No such media")
+    return detail
 
 
 def delete(services: Services, principal: Principal, media_id: str) -> MediaRecord:
@@ -276,9 +295,8 @@ def content_link(services: Services, media_id: uuid.UUID) -> str:
     return f"{services.config.public_base_url}/media/{media_id}/content?expires={expires}&sig={sig}"
 
 
-def to_json(services: Services, record: MediaRecord, *, processing: bool = False) -> dict[str, Any]:
-    """The record as the API shows it; `processing` (GET /media/{id}): with what the process
-    function made of an image (one more query, so not for every item of a list)."""
+def to_json(services: Services, record: MediaRecord) -> dict[str, Any]:
+    """The record as the API shows it (an item of a list, an upload's answer)."""
     self_link = f"{services.config.public_base_url}/media/{record.id}"
     content = content_link(services, record.id)
     doc = {
@@ -300,12 +318,20 @@ def to_json(services: Services, record: MediaRecord, *, processing: bool = False
         "url": content,
         "links": {"self": self_link, "content": content},
     }
-    if processing:
-        doc.update(processing_json(services, record, content))
-        doc["attachments"] = [
-            {"kind": a.kind, "ref": a.ref, "role": a.role, "position": a.position}
-            for a in services.repo.attachments_of(record.id)
-        ]
+    return doc
+
+
+def detail_json(services: Services, detail: Detail) -> dict[str, Any]:
+    """`GET /media/{id}`: the record with what the process function made of an image and where
+    the recipe application attached it."""
+    record = detail.record
+    doc = to_json(services, record)
+    processed = record.sha256 is not None and record.content_type in imaging.PROCESSABLE
+    state = detail.processing if processed else None
+    doc.update(processing_json(services, record, doc["url"], state, looked_up=True))
+    doc["attachments"] = [
+        {"kind": a.kind, "ref": a.ref, "role": a.role, "position": a.position} for a in detail.attachments
+    ]
     return doc
 
 

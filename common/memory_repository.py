@@ -22,6 +22,7 @@ from common.records import (
     UPLOADED_EVENT,
     Attachment,
     Change,
+    Detail,
     Erasure,
     ImageJob,
     ListQuery,
@@ -471,6 +472,13 @@ class InMemoryMediaRepository:
         return sorted(
             (v for k, v in self.attachments.items() if k[0] == media_id), key=lambda a: (a.kind, a.ref)
         )
+
+    def detail(self, media_id: uuid.UUID, recipe: int) -> Detail | None:
+        record = self.get(media_id)
+        if record is None:
+            return None
+        processing = self.processing_of(record.sha256, recipe) if record.sha256 else None
+        return Detail(record, processing, tuple(self.attachments_of(media_id)))
 
     def attached(
         self, kind: str, ref: str, owner: str | None, limit: int, after: tuple[int, uuid.UUID] | None

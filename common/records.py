@@ -189,6 +189,16 @@ class Attachment:
 
 
 @dataclass(frozen=True)
+class Detail:
+    """A record with what `GET /media/{id}` shows beside it: its original's processing (None when
+    the digest has no job) and its attachments (ordered by kind, ref)."""
+
+    record: MediaRecord
+    processing: Processing | None
+    attachments: tuple[Attachment, ...]
+
+
+@dataclass(frozen=True)
 class Change:
     """One event of the change feed: its place (`xid`, `id`), what happened, to which record."""
 

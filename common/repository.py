@@ -33,6 +33,7 @@ from common.records import (
     MEDIA_COLUMNS,
     Attachment,
     Change,
+    Detail,
     Erasure,
     ImageJob,
     ListQuery,
@@ -212,6 +213,9 @@ class MediaRepository(Protocol):
     def detach_all(self, kind: str, ref: str, owner: str | None, ttl_seconds: float) -> int: ...
 
     def attachments_of(self, media_id: uuid.UUID) -> list[Attachment]: ...
+
+    def detail(self, media_id: uuid.UUID, recipe: int) -> Detail | None:
+        """The record, its original's processing under `recipe` and its attachments: one round trip."""
 
     def attached(
         self, kind: str, ref: str, owner: str | None, limit: int, after: tuple[int, uuid.UUID] | None

@@ -23,9 +23,9 @@ def list_media(request: Request, services: Services) -> Response:
 
 @routes.operation("getMedia")
 def get_media(request: Request, services: Services, id: str) -> Response:
-    record = media.get(services, web.authenticate(request, services), id)
-    etag = metadata.etag(record.version)
-    return web.json_response(media.to_json(services, record, processing=True), 200, {"ETag": etag})
+    detail = media.get(services, web.authenticate(request, services), id)
+    etag = metadata.etag(detail.record.version)
+    return web.json_response(media.detail_json(services, detail), 200, {"ETag": etag})
 
 
 @routes.operation("listChanges")

@@ -75,9 +75,9 @@ def patch_media(request: Request, services: Services, id: str) -> Response:
 
     record = recipes.describe(services, principal, id, request.headers.get("If-Match"), patch)
     web.note(request, record)
-    return web.json_response(
-        media.to_json(services, record, processing=True), 200, {"ETag": metadata.etag(record.version)}
-    )
+    detail = media.detail_of(services, record)
+    etag = metadata.etag(detail.record.version)
+    return web.json_response(media.detail_json(services, detail), 200, {"ETag": etag})
 
 
 @routes.operation("attachMedia")

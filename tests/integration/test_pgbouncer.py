@@ -157,7 +157,7 @@ def test_every_operation_works_through_a_transaction_pooler(pooled: Services, bo
 
     def round_trip(_: int) -> None:
         record = media.upload_multipart(pooled, alice, io.BytesIO(body), ctype)
-        assert media.get(pooled, alice, str(record.id)) == record
+        assert media.get(pooled, alice, str(record.id)).record == record
         listing.list_media(pooled, alice, {"limit": "5"})
         pooled.repo.rate_take(f"bouncer:{alice.subject}", 0.001, 60)
 

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from common import imaging, media, processing
+from common import imaging, media, processing, recipes
 from common.config import Config
 from common.events import DRAIN_EVENT, Received, RecordingSink
 from common.records import UPLOADED_EVENT, MediaRecord, Outcome
@@ -80,6 +80,34 @@ def test_fifty_users_uploading_one_photo_cause_one_processing_run(svc: Services,
     for v in state.variants:
         with svc.store.open(v.sha256) as f:
             assert f.read(4)  # each variant is a blob of the store
+
+
+def test_the_detail_is_the_record_its_processing_and_attachments_read_at_once(
+    svc: Services, renders: list[int]
+) -> None:
+    """`GET /media/{id}` reads one statement (`detail`); it says what the separate reads say."""
+    who = person()
+    record = upload(svc, photo(900, 600), who)
+    for event in svc.repo.unsent_events(100):
+        if event.type == UPLOADED_EVENT and event.subject == str(record.id):
+            processing.handle(svc, Received(UPLOADED_EVENT, f"outbox-{event.id}", event.data))
+    for ref, position in (("r-2", {"position": 3, "role": "step"}), ("r-1", {})):
+        recipes.attach(svc, who, str(record.id), "recipe", ref, lambda body=position: body)  # type: ignore[misc]
+    detail = svc.repo.detail(record.id, imaging.RECIPE)
+    assert detail is not None
+    assert detail.record == svc.repo.get(record.id)
+    assert detail.processing == svc.repo.processing_of(record.sha256 or "", imaging.RECIPE)
+    assert detail.processing is not None and detail.processing.state == "done" and detail.processing.variants
+    assert list(detail.attachments) == svc.repo.attachments_of(record.id)
+    assert [(a.ref, a.role, a.position) for a in detail.attachments] == [("r-1", None, 0), ("r-2", "step", 3)]
+    plain = upload(svc, upload_body_bytes(), who)  # no job, no attachment
+    bare = svc.repo.detail(plain.id, imaging.RECIPE)
+    assert bare is not None and (bare.record, bare.processing, bare.attachments) == (plain, None, ())
+    assert svc.repo.detail(uuid.uuid4(), imaging.RECIPE) is None
+
+
+def upload_body_bytes() -> bytes:
+    return b"%PDF-1.4\n" + uuid.uuid4().bytes
 
 
 def test_an_event_that_never_arrives_is_processed_by_the_drain(svc: Services, renders: list[int]) -> None:

@@ -60,7 +60,7 @@ def test_others_media_is_not_found_and_admin_sees_all(svc: Services) -> None:
         media.get(svc, BOB, str(record.id))
     with pytest.raises(NotFound):
         media.get(svc, ALICE, "not-a-uuid")
-    assert media.get(svc, ADMIN_P, str(record.id)) == record
+    assert media.get(svc, ADMIN_P, str(record.id)).record == record
 
 
 def test_delete_keeps_shared_bytes_until_the_last_reference(svc: Services) -> None:
