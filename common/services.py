@@ -43,6 +43,9 @@ class Services:
     clock: Callable[[], float] = time.time
     events: EventSink = field(default_factory=NoSink)  # the outbox's CloudEvents go here (K_SINK)
     scanner: Scanner = field(default_factory=NoScanner)  # MEDIA_SCAN: every upload's bytes pass it
+    # The outbox's events leave on a thread of their own (processing.published_after), not on the
+    # upload's: for serving processes, whose maintenance runs in the background too.
+    publish_in_background: bool = False
 
     @cached_property
     def limiter(self) -> RateLimiter:
@@ -108,6 +111,7 @@ def build_services(config: Config, *, background: bool = True) -> Services:
         keys=keys,
         events=events,
         scanner=build_scanner(config),
+        publish_in_background=background,
     )
     if background:
         start_maintenance(config, store, repo)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from common import imaging, media, processing, recipes
 from common.config import Config
 from common.events import DRAIN_EVENT, Received, RecordingSink
-from common.records import UPLOADED_EVENT, MediaRecord, Outcome
+from common.records import UPLOADED_EVENT, MediaRecord, OutboxEvent, Outcome
 from common.services import Services, build_services
 from common.tokens import DELETE, READ, WRITE, Principal
 from tests import support
@@ -108,6 +109,39 @@ def test_the_detail_is_the_record_its_processing_and_attachments_read_at_once(
 
 def upload_body_bytes() -> bytes:
     return b"%PDF-1.4\n" + uuid.uuid4().bytes
+
+
+class SlowSink(RecordingSink):
+    """A sink that answers only once released, as the process function answers once it has
+    processed the image."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.release = threading.Event()
+        self.called = threading.Event()
+
+    def deliver(self, events: Sequence[OutboxEvent]) -> list[int]:
+        self.called.set()
+        self.release.wait(10)
+        return super().deliver(events)
+
+
+def test_a_serving_process_answers_the_upload_before_the_sink_answers_the_event(svc: Services) -> None:
+    sink = SlowSink()
+    serving = dataclasses.replace(svc, events=sink, publish_in_background=True)
+    started = time.monotonic()
+    record = upload(serving, photo(640, 480))
+    assert time.monotonic() - started < 5  # not the sink's 10 s
+    assert sink.called.wait(5)  # the publisher thread is at it meanwhile
+    assert sink.accepted == []
+    sink.release.set()
+    deadline = time.monotonic() + 10
+    while not sink.accepted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [e.subject for e in sink.accepted if e.type == UPLOADED_EVENT] == [str(record.id)]
+    while svc.repo.unsent_events(10) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert svc.repo.unsent_events(10) == []  # marked sent: the drain will not send it again
 
 
 def test_an_event_that_never_arrives_is_processed_by_the_drain(svc: Services, renders: list[int]) -> None:
