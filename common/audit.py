@@ -15,7 +15,7 @@ silences it. The dispatch (`web.py`) emits the events from what the request left
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 log = logging.getLogger("media.audit")
 
@@ -69,4 +69,7 @@ def events_for(operation: str | None, status: int) -> list[str]:
 
 def emit(event: Event, **details: str | int | None) -> None:
     """One event; `details` are further fields the event's kind defines (an erasure's receipt)."""
-    log.info(event.event, extra={"audit": {**asdict(event), **details}})
+    if log.isEnabledFor(logging.INFO):
+        # The fields as they are (all scalars): `dataclasses.asdict` deep-copies each one, which
+        # cost a tenth of a small download's CPU.
+        log.info(event.event, extra={"audit": {**vars(event), **details}})

@@ -64,4 +64,11 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    # What the JSON lines never show is not gathered for every record (the logging HOWTO's
+    # "Optimization"): the caller's frame, which `findCaller` walks the stack for, and the thread,
+    # process and task names. Every request logs at least one line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     _configured = True

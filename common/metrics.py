@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -115,12 +116,25 @@ def observe_http(
     if not Switches.http:
         return
     method = method if method in _METHODS else "other"  # a client picks the method: bound it
-    HTTP_REQUESTS.labels(function, route, method, str(status)).inc()
-    HTTP_DURATION.labels(function, route, method).observe(seconds)
+    _child(HTTP_REQUESTS, function, route, method, str(status)).inc()
+    _child(HTTP_DURATION, function, route, method).observe(seconds)
     if request_bytes:
-        HTTP_REQUEST_BYTES.labels(function, route, method).inc(request_bytes)
+        _child(HTTP_REQUEST_BYTES, function, route, method).inc(request_bytes)
     if response_bytes:
-        HTTP_RESPONSE_BYTES.labels(function, route, method).inc(response_bytes)
+        _child(HTTP_RESPONSE_BYTES, function, route, method).inc(response_bytes)
+
+
+_children: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, remembered: every label here takes a bounded set of values (route
+    templates, methods, statuses), and `labels` validates and locks on each call."""
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def business(counter: Counter, amount: float = 1, *labels: str) -> None:
@@ -141,11 +155,16 @@ def s3_call(operation: str, failed: bool) -> None:
             S3_ERRORS.labels(operation).inc()
 
 
+_pool_last: list[tuple[int, int, int]] = [(-1, -1, -1)]
+
+
 def pool_state(open_: int, idle: int, waiting: int) -> None:
-    if Switches.system:
-        DB_POOL.labels("open").set(open_)
-        DB_POOL.labels("idle").set(idle)
-        DB_POOL.labels("waiting").set(waiting)
+    """After every checkout; only a change is written (most checkouts change nothing)."""
+    if Switches.system and _pool_last[0] != (open_, idle, waiting):
+        _pool_last[0] = (open_, idle, waiting)
+        _child(DB_POOL, "open").set(open_)
+        _child(DB_POOL, "idle").set(idle)
+        _child(DB_POOL, "waiting").set(waiting)
 
 
 def readiness_check(check: str, seconds: float) -> None:
@@ -179,7 +198,7 @@ def request_answered(operation: str | None, status: int, details: dict[str, obje
         PRESIGNED.labels("issued").inc()
     elif operation == "getMediaContent" and status in (200, 206, 304):
         kind = "signed_link" if details.get("signed_link") else _DOWNLOAD_KINDS[status]
-        DOWNLOADS.labels(kind).inc()
+        _child(DOWNLOADS, kind).inc()
     elif operation == "deleteMedia" and outcome == "success":
         DELETES.inc()
 

@@ -45,7 +45,8 @@ def parse(value: str | None) -> Trace | None:
 
 
 def new() -> Trace:
-    return Trace(secrets.token_hex(16), secrets.token_hex(8))
+    random = secrets.token_hex(24)  # one read of the OS's randomness for both ids
+    return Trace(random[:32], random[32:])
 
 
 _current: ContextVar[Trace | None] = ContextVar("media_trace", default=None)

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
-from werkzeug.routing import Map
+from werkzeug.routing import Map, MapAdapter
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
@@ -272,6 +272,7 @@ class Routes:
         self.by_operation = {r.operation_id: r for r in self.table}
         self.handlers: dict[str, tuple[Handler, bool]] = {}
         self._map: Map | None = None
+        self._adapter: MapAdapter | None = None
 
     def operation(self, *operation_ids: str, services: bool = True) -> Callable[[Handler], Handler]:
         """Register a handler: `(request, services)`, or `(request)` when `services=False`."""
@@ -288,6 +289,14 @@ class Routes:
         if self._map is None:
             self._map = routing.url_map(self.table)
         return self._map
+
+    @property
+    def adapter(self) -> MapAdapter:
+        """One adapter for every request: no rule depends on the host, and matching changes
+        nothing in it (binding one per request cost more than the match)."""
+        if self._adapter is None:
+            self._adapter = self.url_map.bind("media")
+        return self._adapter
 
     def dispatch(self, request: Request, provider: ServiceSource) -> Response:
         started = time.perf_counter()
@@ -370,9 +379,8 @@ class Routes:
             )
 
     def _handle(self, request: Request, provider: ServiceSource) -> Response:
-        adapter = self.url_map.bind_to_environ(request.environ)
         try:
-            operation_id, args = adapter.match()
+            operation_id, args = self.adapter.match(request.path, request.method)
         except WzMethodNotAllowed as exc:
             raise MethodNotAllowed(sorted(exc.valid_methods or [])) from None
         except WzNotFound:
