@@ -165,10 +165,11 @@ class LocalStack:
                 pids.append(child)
         return pids
 
-    def worker_pid(self) -> int:
+    def worker_pids(self) -> list[int]:
+        """gunicorn's workers: one per core under `make run` unless MEDIA_WORKERS says otherwise."""
         workers = self.server_pids()[1:]
-        assert len(workers) == 1, f"expected one gunicorn worker, found {workers}"
-        return workers[0]
+        assert workers, "no gunicorn worker found"
+        return workers
 
     def temp_files(self) -> list[Path]:
         tmp = self.data_dir / "cas" / "tmp"

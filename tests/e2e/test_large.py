@@ -64,9 +64,9 @@ def test_one_gib_up_and_down_in_bounded_memory(
         assert received == GiB
         assert digest.hexdigest() == big.sha256
 
+        assert stack.worker_pids()
         peaks = {pid: peak_rss_bytes(pid) for pid in stack.server_pids()}
-        assert len(peaks) == 2  # the launcher (gunicorn master) and its worker
-        for pid, peak in peaks.items():
+        for pid, peak in peaks.items():  # the launcher (gunicorn's master) and every worker
             assert peak < RSS_LIMIT, f"process {pid} peaked at {peak / MiB:.0f} MiB"
     finally:
         stack.stop()
