@@ -331,7 +331,7 @@ def test_a_heic_from_a_phone_is_accepted_when_listed_and_gets_variants(
         services.repo.close()
 
 
-@pytest.mark.parametrize("change", ["delete", "patch"])
+@pytest.mark.parametrize("change", ["delete", "patch", "attach"])
 def test_a_processed_event_is_ordered_after_a_change_of_its_record_still_running(
     svc: Services, change: str
 ) -> None:
@@ -345,8 +345,14 @@ def test_a_processed_event_is_ordered_after_a_change_of_its_record_still_running
     with psycopg.connect(svc.config.require_database_url(), client_encoding="utf8") as other:
         if change == "delete":  # the change in progress: its transaction id is taken, uncommitted
             other.execute("DELETE FROM media WHERE id = %s", (record.id,))
-        else:
+        elif change == "patch":
             other.execute("UPDATE media SET alt = 'soup', version = version + 1 WHERE id = %s", (record.id,))
+        else:  # as sql_recipes.attach does: the record's row lock, then the attachment
+            other.execute("SELECT 1 FROM media WHERE id = %s FOR UPDATE", (record.id,))
+            other.execute(
+                "INSERT INTO attachments (media_id, kind, ref, position) VALUES (%s, 'recipe', 'r-1', 0)",
+                (record.id,),
+            )
         finished = threading.Thread(target=svc.repo.finish_job, args=(job, Outcome("done"), 5))
         finished.start()
         finished.join(1.0)
@@ -358,5 +364,8 @@ def test_a_processed_event_is_ordered_after_a_change_of_its_record_still_running
     last = mine[-1]
     if change == "delete":
         assert last.type == "com.recipes.media.deleted", [c.type for c in mine]
-    else:
+    elif change == "patch":
         assert last.type == "com.recipes.media.processed" and last.data["alt"] == "soup"
+    else:  # the processed event read the attachments after the attach committed
+        assert last.type == "com.recipes.media.processed", [c.type for c in mine]
+        assert [a["ref"] for a in last.data["attachments"]] == ["r-1"]
