@@ -82,14 +82,18 @@ images: ## build every function's container image (needs Docker; IMAGE_PREFIX, I
 manifests: install ## regenerate infra/k8s and infra/openfaas from the routing table (infra/manifests.py)
 	$(PY) -m infra.manifests
 
-bench: install test-deps ## the rehearsal vs nginx (transfers, ranges, metadata latency, RSS, cold start); image variants, Pillow vs libvips; scrub cost; erasing 10,000 records
+bench: install test-deps ## the rehearsal vs nginx and the targets table; image variants; scrub; erasure; listing (SCALE=1: and 1,000,000 records)
 	$(PY) -m bench.rehearsal
 	$(PY) -m bench.imaging
 	$(PY) -m bench.scrub
 	$(PY) -m bench.erasure
 	$(PY) -m bench.listing
+	$(if $(SCALE),$(PY) -m bench.scale)
+
+profile: install test-deps ## py-spy flame graphs of the rehearsal under load (SCENARIOS="metadata range small upload presigned", GIL=1)
+	$(PY) -m bench.profile $(SCENARIOS) $(if $(GIL),--gil)
 
 clean: ## remove the virtualenv and caches (keeps ./var, your local data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-.PHONY: help install run migrate scrub token lint fmt test-deps test test-embedded up redeploy unit images manifests bench clean
+.PHONY: help install run migrate scrub token lint fmt test-deps test test-embedded up redeploy unit images manifests bench profile clean

@@ -2,24 +2,31 @@
 replicas, nginx as the ingress) measured side by side with nginx itself serving the same files
 (sendfile) and accepting WebDAV PUT, on this machine, in one run.
 
-Figures (printed as a table and written to bench/results/rehearsal.json):
-- large downloads (100 MiB, 1 GiB): service vs nginx static, target >= 0.8x;
-- streaming uploads (100 MiB, 1 GiB; multipart and presigned PUT): service vs nginx PUT, >= 0.6x;
+Figures (printed, then the targets of issue #19 as one table with a pass/fail mark per row, all
+written to bench/results/rehearsal.json):
+- large downloads (100 MiB, 1 GiB): service vs nginx static (target >= 0.95x);
+- streaming uploads (100 MiB, 1 GiB; multipart and presigned PUT): service vs nginx PUT (targets
+  >= 0.85x and >= 0.9x), and vs nginx PUT + fsync, the same guarantee as the service's;
 - random 64 KiB ranges and metadata GETs (JWT + database) at concurrency 1, 16, 64 with wrk:
-  requests/s, p50, p99 (metadata target: p99 < 20 ms at 16);
+  requests/s, p50, p99 (targets at 16: >= 4,500 req/s, p99 < 10 ms);
+- a 1 KiB content GET at 16 clients: through the ingress (same target), nginx serving the file,
+  `bench.ceiling` (the server alone answering a constant 1 KiB: the most one process does here),
+  and `make run` (`python -m localdev`, its default workers; target >= 2,500 req/s);
 - the two stores (MEDIA_STORAGE=fs, then s3 on moto's S3 server in a second rehearsal): 100 MiB
   uploads (multipart, presigned) and downloads, MiB/s and CPU-seconds per GiB. moto is a Python
   server on the same two cores, holding the objects in memory: its figures show the service's
   overhead with S3 (parts, the copy into place, ranged reads), not what a real S3 service does;
-- peak RSS of every function process during the 1 GiB transfers, target < 150 MiB;
-- cold start per function (process start to first successful readiness answer), target < 1 s;
+- peak RSS of every function process during the 1 GiB transfers (target < 100 MiB);
+- cold start per function (process start to first successful readiness answer, target < 0.4 s);
 - what the Kubernetes scaling settings are derived from (infra/k8s): CPU-seconds per GiB uploaded
   (multipart, presigned) and downloaded, counted from /proc for the function's processes; and one
-  download process driven directly at its containerConcurrency (8): requests/s and CPU-ms per
+  download process driven directly at its containerConcurrency: requests/s and CPU-ms per
   request for the metadata GET and the 64 KiB range.
 
-Every loop is bounded in count and time; all traffic goes to 127.0.0.1. Read the figures with
-../shared/notes/benchmarking-here.md in mind: ratios from one interleaved run, not absolutes.
+Every function runs with its features on at their defaults (the JSON request log, audit events,
+metrics, rate limits with room for one benchmarking client). Every loop is bounded in count and
+time; all traffic goes to 127.0.0.1. Read the figures with ../shared/notes/benchmarking-here.md in
+mind: ratios from one interleaved run, not absolutes.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,8 +53,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench import database
+from common import routing
 from common.tokens import issue_hs256
-from localdev.harness import MiB, peak_rss_bytes, s3_server, send
+from localdev.harness import MiB, children, free_port, peak_rss_bytes, s3_server, send, spawn_until_ready
 from localdev.rehearsal import Rehearsal
 
 GiB = 1024 * MiB
@@ -311,7 +320,9 @@ end
 """
 
 
-def wrk(url: str, connections: int, headers: dict[str, str], script: str | None = None) -> dict[str, Any]:
+def wrk(
+    url: str, connections: int, headers: dict[str, str], script: str | None = None, seconds: int = WRK_SECONDS
+) -> dict[str, Any]:
     cmd = [
         "wrk",
         "-t",
@@ -319,7 +330,7 @@ def wrk(url: str, connections: int, headers: dict[str, str], script: str | None 
         "-c",
         str(connections),
         "-d",
-        f"{WRK_SECONDS}s",
+        f"{seconds}s",
         "--latency",
     ]
     for name, value in headers.items():
@@ -329,7 +340,7 @@ def wrk(url: str, connections: int, headers: dict[str, str], script: str | None 
             f.write(script)
     if script:
         cmd += ["-s", f.name]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=WRK_SECONDS + 30).stdout
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 30).stdout
     os.unlink(f.name)
 
     def latency(label: str) -> float:
@@ -400,6 +411,153 @@ def jwks_provider() -> tuple[ThreadingHTTPServer, Any]:
     return server, private
 
 
+SMALL = 1024
+SMALL_BOUNDARY = "bench-small-5d1c"
+
+
+def upload_small(base: str, auth: dict[str, str]) -> dict[str, Any]:
+    """A 1 KiB PDF (not an image: nothing to process), for the small-request figures."""
+    data = b"%PDF-1.4\n" + os.urandom(SMALL - 9)
+    body = (
+        (
+            f'--{SMALL_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="s.pdf"\r\n'
+            "Content-Type: application/pdf\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{SMALL_BOUNDARY}--\r\n".encode()
+    )
+    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={SMALL_BOUNDARY}"}
+    status, answer, _ = send(base, "POST", "/media", headers, iter([body]), len(body))
+    assert status == 201, answer[:300]
+    doc: dict[str, Any] = json.loads(answer)
+    return doc
+
+
+def ceiling(tmp: Path) -> dict[str, Any]:
+    """`bench.ceiling`: one process of the service's server answering a constant 1 KiB, with the
+    download function's threads, at 16 clients, no ingress: the most a process does here."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
+    env["MEDIA_THREADS"] = str(routing.function_settings("download").rehearsal_threads)
+    proc, _ = spawn_until_ready(
+        [sys.executable, "-m", "bench.ceiling", str(port)],
+        env,
+        tmp / "ceiling.log",
+        f"http://127.0.0.1:{port}/",
+        30,
+        new_session=True,
+    )
+    try:
+        return wrk(f"http://127.0.0.1:{port}/", 16, {})
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
+def make_run_small(env: dict[str, str], tmp: Path, token: str) -> dict[str, Any]:
+    """`make run` (`python -m localdev`: one process, every function, its default workers) on the
+    same database: a 1 KiB content GET at 16 clients, straight, no ingress."""
+    port = free_port()
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
+    run_env.update(env)
+    run_env.update({"MEDIA_DATA_DIR": str(tmp / "make-run"), "MEDIA_PORT": str(port)})
+    base = f"http://127.0.0.1:{port}"
+    proc, _ = spawn_until_ready(
+        [sys.executable, "-m", "localdev"],
+        run_env,
+        tmp / "make-run.log",
+        base + "/health/ready",
+        90,
+        new_session=True,
+    )
+    try:
+        auth = {"Authorization": f"Bearer {token}"}
+        small = upload_small(base, auth)
+        row = wrk(f"{base}/media/{small['id']}/content", 16, auth)
+        row["workers"] = len(children(proc.pid)) or 1
+        return row
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def targets_table(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's table (#19): each figure of this run against its target, and whether it is met."""
+    by_c = {m["connections"]: m for m in r["metadata"]}
+    ranges = {row["service"]["connections"]: row["service"] for row in r["ranges_64k"]}
+    t = {row["size_mib"]: row for row in r["transfers"]}
+    rows: list[dict[str, Any]] = []
+
+    def add(figure: str, value: str, target: str, met: bool) -> None:
+        rows.append({"figure": figure, "value": value, "target": target, "met": bool(met)})
+
+    def rps_p99(figure: str, m: dict[str, Any], rps: float, p99: float) -> None:
+        add(
+            figure,
+            f"{m['rps']:,.0f} req/s, p99 {m['p99_ms']} ms",
+            f">= {rps:,.0f} req/s, p99 < {p99:g} ms",
+            m["rps"] >= rps and m["p99_ms"] < p99 and m["non_2xx"] == 0,
+        )
+
+    rps_p99("metadata GET, c=16", by_c[16], 4500, 10)
+    rps_p99("64 KiB random ranges, c=16", ranges[16], 4500, 10)
+    rps_p99("1 KiB content GET, c=16 (make up)", r["small_content_get"]["service"], 4500, 10)
+    for key, label, target in (
+        ("multipart_vs_nginx_put", "multipart upload", 0.85),
+        ("presigned_vs_nginx_put", "presigned PUT", 0.9),
+        ("download_vs_nginx", "large download", 0.95),
+    ):
+        values = [t[size][key] for size in (100, 1024)]
+        add(
+            f"{label} 100 MiB / 1 GiB vs nginx",
+            " / ".join(f"{v}x" for v in values),
+            f">= {target}x",
+            min(values) >= target,
+        )
+    m = r["make_run_small_get"]
+    add(
+        "make run, 1 KiB content GET, c=16",
+        f"{m['rps']:,.0f} req/s, p99 {m['p99_ms']} ms",
+        ">= 2,500 req/s",
+        m["rps"] >= 2500 and m["non_2xx"] == 0,
+    )
+    rss = max(r["peak_rss_mib"].values())
+    cold = max(r["cold_start_s"].values())
+    add(
+        "peak RSS per process, cold start",
+        f"{rss} MiB, {cold} s",
+        "< 100 MiB, < 0.4 s",
+        rss < 100 and cold < 0.4,
+    )
+    return rows
+
+
+def print_targets(rows: list[dict[str, Any]]) -> None:
+    print("\nTargets (issue #19), from this run")
+    width = max(len(row["figure"]) for row in rows)
+    value_width = max(len(row["value"]) for row in rows)
+    print(f"  {'figure':<{width}}  {'this run':<{value_width}}  {'target':<28} met")
+    for row in rows:
+        mark = "pass" if row["met"] else "FAIL"
+        print(f"  {row['figure']:<{width}}  {row['value']:<{value_width}}  {row['target']:<28} {mark}")
+
+
+def bench_env(database_url: str, secret: str, presign_secret: str) -> dict[str, str]:
+    """The functions' environment for a benchmark: every feature on at its defaults (the JSON
+    request log, audit events, metrics, rate limiting), except the limits a single benchmarking
+    client would trip: the rate limits stay on, counted on every request, with room for the run."""
+    return {
+        "MEDIA_DATABASE_URL": database_url,
+        "MEDIA_JWT_SECRET": secret,
+        "MEDIA_PRESIGN_SECRET": presign_secret,
+        "MEDIA_MAX_UPLOAD_BYTES": str(2 * GiB),
+        "MEDIA_DOWNLOAD_URL_TTL_SECONDS": "3600",
+        "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE": "100000",
+        "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP": "1000000",
+        "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR": str(1024 * GiB),
+    }
+
+
 def main() -> int:
     if not shutil.which("wrk") or not shutil.which("nginx"):
         print("make bench needs nginx and wrk (make bench installs them as root)", file=sys.stderr)
@@ -409,18 +567,8 @@ def main() -> int:
     jwks, signing_key = jwks_provider()
     with tempfile.TemporaryDirectory(prefix="mbench", dir="/tmp") as tmp:
         url, stop_database = database(Path(tmp))
-        env = {
-            "MEDIA_DATABASE_URL": url,
-            "MEDIA_JWT_SECRET": secret,
-            "MEDIA_JWKS_URL": f"http://127.0.0.1:{jwks.server_port}/jwks",  # RS256 tokens too
-            "MEDIA_PRESIGN_SECRET": presign_secret,
-            "MEDIA_MAX_UPLOAD_BYTES": str(2 * GiB),
-            "MEDIA_DOWNLOAD_URL_TTL_SECONDS": "3600",
-            "MEDIA_LOG_LEVEL": "WARNING",
-            "MEDIA_RATE_LIMIT_UPLOADS_PER_MINUTE": "0",  # the benchmark is one client, on purpose
-            "MEDIA_RATE_LIMIT_REQUESTS_PER_MINUTE_PER_IP": "0",
-            "MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR": "0",
-        }
+        env = bench_env(url, secret, presign_secret)
+        env["MEDIA_JWKS_URL"] = f"http://127.0.0.1:{jwks.server_port}/jwks"  # RS256 tokens too
         rehearsal = Rehearsal(data_dir=Path(tmp) / "data", env=env)
         try:
             rehearsal.start()
@@ -438,6 +586,9 @@ def main() -> int:
             content = f"/media/{media_id}/content"
             assert rehearsal.nginx is not None
             sha_path = f"/sha256/{doc['sha256'][:2]}/{doc['sha256'][2:4]}/{doc['sha256']}"
+            small = upload_small(rehearsal.base, auth)
+            small_path = f"/media/{small['id']}/content"
+            small_sha = small["sha256"]
             ranges = []
             metadata = []
             os.sync()
@@ -448,6 +599,13 @@ def main() -> int:
                 )
                 ranges.append({"service": service, "nginx": peer})
                 metadata.append(wrk(f"{rehearsal.base}/media/{media_id}", c, auth))
+            small_get = {
+                "service": wrk(rehearsal.base + small_path, 16, auth),
+                "nginx": wrk(
+                    f"{rehearsal.nginx.peer_base}/sha256/{small_sha[:2]}/{small_sha[2:4]}/{small_sha}", 16, {}
+                ),
+                "server_alone": ceiling(Path(tmp)),
+            }
             # The same GET with an RS256 token checked against the JWKS, interleaved with HS256.
             rs256 = jwt.encode(
                 {"sub": "bench", "scope": "media:read media:write", "exp": int(time.time()) + 7200},
@@ -470,6 +628,7 @@ def main() -> int:
         finally:
             rehearsal.stop()
         try:
+            make_run = make_run_small(env, Path(tmp), token)
             stores["s3"] = on_s3(env, Path(tmp), token)
         finally:
             stop_database()
@@ -481,21 +640,18 @@ def main() -> int:
         "stores": stores,
         "ranges_64k": ranges,
         "metadata": metadata,
+        "small_content_get": small_get,
+        "make_run_small_get": make_run,
         "metadata_by_token": token_kinds,
         "rs256_vs_hs256_rps": _ratio(token_kinds, "rps"),
         "one_download_process": per_process,
         "peak_rss_mib": rss,
         "cold_start_s": cold,
-        "targets": {
-            "download_vs_nginx": ">= 0.8",
-            "upload_vs_nginx_put": ">= 0.6",
-            "metadata_p99_ms_at_16": "< 20",
-            "rs256_vs_hs256_rps": ">= 0.9",
-            "peak_rss_mib": "< 150",
-            "cold_start_s": "< 1",
-        },
     }
+    table = targets_table(result)
+    result["targets_table"] = table
     report(result)
+    print_targets(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {RESULTS}")
@@ -553,6 +709,15 @@ def report(r: dict[str, Any]) -> None:
             f"  c={m['connections']:<3} {m['rps']:>8} {m['p50_ms']:>7} {m['p99_ms']:>7}"
             f"   non-2xx {m['non_2xx']}"
         )
+    s = r["small_content_get"]
+    print("\n1 KiB content GET at c=16: req/s, p50 ms, p99 ms")
+    for label, m in (
+        ("service (ingress)", s["service"]),
+        ("nginx (the file)", s["nginx"]),
+        ("server alone", s["server_alone"]),
+        ("make run", r["make_run_small_get"]),
+    ):
+        print(f"  {label:<18} {m['rps']:>8} {m['p50_ms']:>7} {m['p99_ms']:>7}   non-2xx {m['non_2xx']}")
     print("\nMetadata GET at c=16 by token kind (RS256 checked against the JWKS): req/s, p50 ms, p99 ms")
     for m in r["metadata_by_token"]:
         print(f"  {m['kind']}  {m['rps']:>8} {m['p50_ms']:>7} {m['p99_ms']:>7}   non-2xx {m['non_2xx']}")
