@@ -130,10 +130,13 @@ def run(names: list[str], seconds: int, gil: bool) -> dict[str, Any]:
                 load = _load(name, rehearsal, auth, big, small, seconds)
                 spy.wait(seconds + 30)
                 stacks = collapse(out)
+                floor = sum(stacks.values()) / 1000  # the stacks of a tenth of a percent or more
                 out.with_suffix(".txt").write_text(
                     json.dumps({"load": load, "hottest": hottest(stacks)}, indent=1)
                     + "\n\n"
-                    + "".join(f"{s} {n}\n" for s, n in sorted(stacks.items(), key=lambda kv: -kv[1]))
+                    + "".join(
+                        f"{s} {n}\n" for s, n in sorted(stacks.items(), key=lambda kv: -kv[1]) if n >= floor
+                    )
                 )
                 findings[name] = {"load": load, "hottest": hottest(stacks, 15)}
         finally:

@@ -69,17 +69,17 @@ CONCURRENCY = (1, 16, 64)
 WRK_SECONDS = 5
 RESULTS = Path(__file__).resolve().parent / "results" / "rehearsal.json"
 BOUNDARY = "bench-boundary-5d1c"
-PNG_HEAD = (
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\x00\x00\x01\x00\x08\x02\x00\x00\x00\xd3\x10?1"
-)
+# The transfers are PDFs: an image's processing is the process function's work (bench.imaging
+# measures it), and it would run on the same two cores during the next measurement.
+PDF_HEAD = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
 
 
 class Payload:
-    """`size` bytes that read as PNG, generated block by block; each instance differs (a new file)."""
+    """`size` bytes that read as a PDF, generated block by block; each instance differs (a new file)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.head = (PNG_HEAD + os.urandom(MiB))[:MiB]
+        self.head = (PDF_HEAD + os.urandom(MiB))[:MiB]
         self.block = os.urandom(MiB)
         digest = hashlib.sha256()
         for chunk in self.chunks():
@@ -121,8 +121,8 @@ def fetch(url: str, headers: dict[str, str]) -> tuple[int, float, str]:
 
 def multipart(payload: Payload) -> tuple[Iterator[bytes], int, str]:
     head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="bench.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="bench.pdf"\r\n'
+        "Content-Type: application/pdf\r\n\r\n"
     ).encode()
     tail = f"\r\n--{BOUNDARY}--\r\n".encode()
 
@@ -144,13 +144,13 @@ def upload_multipart(base: str, auth: dict[str, str], payload: Payload) -> tuple
 
 
 def upload_presigned(base: str, auth: dict[str, str], size: int) -> float:
-    grant = json.dumps({"filename": "b.png", "content_type": "image/png", "size": size}).encode()
+    grant = json.dumps({"filename": "b.pdf", "content_type": "application/pdf", "size": size}).encode()
     headers = {**auth, "Content-Type": "application/json"}
     status, data, _ = send(base, "POST", "/media/uploads", headers, iter([grant]), len(grant))
     assert status == 201, data
     url = urlsplit(json.loads(data)["url"])
     status, data, elapsed = send(
-        base, "PUT", url.path, {"Content-Type": "image/png"}, Payload(size).chunks(), size
+        base, "PUT", url.path, {"Content-Type": "application/pdf"}, Payload(size).chunks(), size
     )
     assert status == 200, data[:300]
     return elapsed
@@ -433,6 +433,35 @@ def upload_small(base: str, auth: dict[str, str]) -> dict[str, Any]:
     return doc
 
 
+def processed_photo(base: str, auth: dict[str, str], timeout: float = 120) -> str:
+    """A 12 MP JPEG uploaded and waited for until the process function has made its variants."""
+    from bench.imaging import encoded_photo
+
+    data = encoded_photo(4000, 3000, "JPEG")
+    body = (
+        (
+            f'--{SMALL_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="soup.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{SMALL_BOUNDARY}--\r\n".encode()
+    )
+    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={SMALL_BOUNDARY}"}
+    status, answer, _ = send(base, "POST", "/media", headers, iter([body]), len(body))
+    assert status == 201, answer[:300]
+    media_id = str(json.loads(answer)["id"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, answer, _ = send(base, "GET", f"/media/{media_id}", auth, iter([]), 0)
+        doc = json.loads(answer)
+        if doc.get("processing") in ("done", "failed"):
+            assert doc["processing"] == "done", answer[:500]
+            assert doc["variants"], answer[:500]
+            return media_id
+        time.sleep(0.5)
+    raise RuntimeError(f"the photo {media_id} was not processed within {timeout} s")
+
+
 def ceiling(tmp: Path) -> dict[str, Any]:
     """`bench.ceiling`: one process of the service's server answering a constant 1 KiB, with the
     download function's threads, at 16 clients, no ingress: the most a process does here."""
@@ -455,11 +484,11 @@ def ceiling(tmp: Path) -> dict[str, Any]:
 
 
 def make_run_small(env: dict[str, str], tmp: Path, token: str) -> dict[str, Any]:
-    """`make run` (`python -m localdev`: one process, every function, its default workers) on the
-    same database: a 1 KiB content GET at 16 clients, straight, no ingress."""
+    """`make run` (`python -m localdev`: one process, every function, its default workers, its own
+    embedded PostgreSQL): a 1 KiB content GET at 16 clients, straight, no ingress."""
     port = free_port()
     run_env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIA_")}
-    run_env.update(env)
+    run_env.update({k: v for k, v in env.items() if k != "MEDIA_DATABASE_URL"})
     run_env.update({"MEDIA_DATA_DIR": str(tmp / "make-run"), "MEDIA_PORT": str(port)})
     base = f"http://127.0.0.1:{port}"
     proc, _ = spawn_until_ready(
@@ -467,7 +496,7 @@ def make_run_small(env: dict[str, str], tmp: Path, token: str) -> dict[str, Any]
         run_env,
         tmp / "make-run.log",
         base + "/health/ready",
-        90,
+        180,
         new_session=True,
     )
     try:
@@ -565,7 +594,11 @@ def main() -> int:
     secret = "bench-" + os.urandom(16).hex()
     presign_secret = "bench-presign-" + os.urandom(16).hex()
     jwks, signing_key = jwks_provider()
+    token = issue_hs256(secret, "bench", ["media:read", "media:write"], ttl_seconds=7200)
     with tempfile.TemporaryDirectory(prefix="mbench", dir="/tmp") as tmp:
+        # make run first, alone on the machine, as a front-end developer starts it: its own
+        # embedded PostgreSQL, nothing else running.
+        make_run = make_run_small(bench_env("", secret, presign_secret), Path(tmp), token)
         url, stop_database = database(Path(tmp))
         env = bench_env(url, secret, presign_secret)
         env["MEDIA_JWKS_URL"] = f"http://127.0.0.1:{jwks.server_port}/jwks"  # RS256 tokens too
@@ -577,13 +610,14 @@ def main() -> int:
                 for name, procs in rehearsal.processes.items()
                 for p in procs
             }
-            token = issue_hs256(secret, "bench", ["media:read", "media:write"], ttl_seconds=7200)
             auth = {"Authorization": f"Bearer {token}"}
             # Latency first, on one 1 GiB file, before the gigabytes of the transfer runs leave the
             # page cache full and the kernel busy writing back.
             _, doc = upload_multipart(rehearsal.base, auth, Payload(GiB))
-            media_id = doc["id"]
-            content = f"/media/{media_id}/content"
+            content = f"/media/{doc['id']}/content"
+            # The metadata GETs read what a recipe page asks for: a processed photo, whose document
+            # carries its variants, srcset and placeholder.
+            media_id = processed_photo(rehearsal.base, auth)
             assert rehearsal.nginx is not None
             sha_path = f"/sha256/{doc['sha256'][:2]}/{doc['sha256'][2:4]}/{doc['sha256']}"
             small = upload_small(rehearsal.base, auth)
@@ -628,7 +662,6 @@ def main() -> int:
         finally:
             rehearsal.stop()
         try:
-            make_run = make_run_small(env, Path(tmp), token)
             stores["s3"] = on_s3(env, Path(tmp), token)
         finally:
             stop_database()

@@ -91,6 +91,7 @@ def seed_at_scale(url: str, records: int, users: int) -> None:
         conn.execute(
             "INSERT INTO usage (owner, bytes, files)"
             " SELECT owner, sum(size), count(*) FROM media GROUP BY owner"
+            " ON CONFLICT (owner) DO NOTHING"  # who uploaded before the seed keeps their counters
         )
         conn.execute(
             "INSERT INTO outbox (type, subject, data) SELECT 'com.recipes.media.created', id::text, '{}'"
