@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.rehearsal import targets_table
+from bench.targets import targets_table
 
 
 def run(
