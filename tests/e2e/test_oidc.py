@@ -76,7 +76,11 @@ class AttackerKeys(BaseHTTPRequestHandler):
 def test_offline_client_credentials_rotation_and_attacks(
     pg: RunningPostgres, provider: Provider, tmp_path: Path
 ) -> None:
-    stack = stack_with(pg, provider, tmp_path / "offline", MEDIA_JWKS_MIN_REFRESH_SECONDS="2")
+    # One worker: the drill follows one process's key set (what it fetched, what it keeps when the
+    # provider is gone); make run's default of a worker per core would spread it over several.
+    stack = stack_with(
+        pg, provider, tmp_path / "offline", MEDIA_JWKS_MIN_REFRESH_SECONDS="2", MEDIA_WORKERS="1"
+    )
     try:
         # A client-credentials JWT access token, keys found by discovery: the client acts as itself.
         token = provider.token()
