@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def database(workdir: Path) -> tuple[str, Callable[[], None]]:
@@ -17,3 +19,10 @@ def database(workdir: Path) -> tuple[str, Callable[[], None]]:
 
     server = pgserver.get_server(str(workdir / "pg"), cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri()), server.cleanup
+
+
+def save(path: Path, result: dict[str, Any]) -> None:
+    """A benchmark's figures as JSON under bench/results (gitignored: they belong to the machine)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {path}")

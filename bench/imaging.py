@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import save
 from common import imaging
 from localdev.harness import photo_pixels
 
@@ -141,9 +142,7 @@ def main() -> int:
             f"  {r['photo']:<10} {r['engine']:<7} {r['seconds']:>6} s  {r['ms_per_mp']:>5} ms/MP"
             f"  peak RSS {r['peak_rss_mib']:>4} MiB  ({r['variants']} variants, {r['rounds']} runs)"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    save(RESULTS, result)
     return 0
 
 

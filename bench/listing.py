@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from bench import database
+from bench import database, save
 from bench.rehearsal import wrk
 from common.imaging import RECIPE
 from common.migrate import migrate
@@ -225,9 +225,7 @@ def main() -> int:
         ),
     }
     report(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    save(RESULTS, result)
     return 0
 
 

@@ -46,16 +46,7 @@ UPLOAD_SIZE = 100 * MiB
 MAX_UPLOADS = 50  # a bound on the upload loops, whatever --seconds says
 
 
-class _All:
-    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
-        self.procs = procs
-
-    def wait(self, timeout: float) -> None:
-        for p in self.procs:
-            p.wait(timeout)
-
-
-def record(pids: list[int], seconds: int, out: Path, gil: bool) -> _All:
+def record(pids: list[int], seconds: int, out: Path, gil: bool) -> list[subprocess.Popen[bytes]]:
     """py-spy on each of these processes for `seconds`: collapsed stacks of all of them (merged
     afterwards), and a flame graph (SVG, py-spy's own renderer) of the first; with `gil`, only the
     thread holding the GIL is sampled: where the Python CPU goes, not the waits."""
@@ -69,7 +60,7 @@ def record(pids: list[int], seconds: int, out: Path, gil: bool) -> _All:
     jobs.append(
         [py_spy, "record", "--pid", str(pids[0]), *common, "--format", "flamegraph", "--output", f"{out}.svg"]
     )
-    return _All([subprocess.Popen(j, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for j in jobs])
+    return [subprocess.Popen(j, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for j in jobs]
 
 
 def hottest(stacks: dict[str, int], limit: int = 25) -> dict[str, list[tuple[str, float]]]:
@@ -128,7 +119,8 @@ def run(names: list[str], seconds: int, gil: bool) -> dict[str, Any]:
                 out = RESULTS / f"profile-{name}{'-gil' if gil else ''}"
                 spy = record(pids, seconds, out, gil)
                 load = _load(name, rehearsal, auth, big, small, seconds)
-                spy.wait(seconds + 30)
+                for spy_process in spy:
+                    spy_process.wait(seconds + 30)
                 stacks = collapse(out)
                 floor = sum(stacks.values()) / 1000  # the stacks of a tenth of a percent or more
                 out.with_suffix(".txt").write_text(

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bench import database
+from bench import database, save
 from bench.targets import print_targets, targets_table
 from common import routing
 from common.tokens import issue_hs256
@@ -416,41 +416,41 @@ SMALL = 1024
 SMALL_BOUNDARY = "bench-small-5d1c"
 
 
-def upload_small(base: str, auth: dict[str, str]) -> dict[str, Any]:
-    """A 1 KiB PDF (not an image: nothing to process), for the small-request figures."""
-    data = b"%PDF-1.4\n" + os.urandom(SMALL - 9)
-    body = (
-        (
-            f'--{SMALL_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="s.pdf"\r\n'
-            "Content-Type: application/pdf\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{SMALL_BOUNDARY}--\r\n".encode()
+def form(filename: str, content_type: str, data: bytes) -> tuple[bytes, str]:
+    """A whole multipart body holding `data` as the `file` part, and its Content-Type."""
+    head = (
+        f'--{SMALL_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode()
+    return (
+        head + data + f"\r\n--{SMALL_BOUNDARY}--\r\n".encode(),
+        f"multipart/form-data; boundary={SMALL_BOUNDARY}",
     )
-    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={SMALL_BOUNDARY}"}
-    status, answer, _ = send(base, "POST", "/media", headers, iter([body]), len(body))
+
+
+def upload_form(
+    base: str, auth: dict[str, str], filename: str, content_type: str, data: bytes
+) -> dict[str, Any]:
+    """`POST /media` of `data` in one piece; the 201's document."""
+    body, form_type = form(filename, content_type, data)
+    status, answer, _ = send(
+        base, "POST", "/media", {**auth, "Content-Type": form_type}, iter([body]), len(body)
+    )
     assert status == 201, answer[:300]
     doc: dict[str, Any] = json.loads(answer)
     return doc
+
+
+def upload_small(base: str, auth: dict[str, str]) -> dict[str, Any]:
+    """A 1 KiB PDF (not an image: nothing to process), for the small-request figures."""
+    return upload_form(base, auth, "s.pdf", "application/pdf", b"%PDF-1.4\n" + os.urandom(SMALL - 9))
 
 
 def processed_photo(base: str, auth: dict[str, str], timeout: float = 120) -> str:
     """A 12 MP JPEG uploaded and waited for until the process function has made its variants."""
     from bench.imaging import encoded_photo
 
-    data = encoded_photo(4000, 3000, "JPEG")
-    body = (
-        (
-            f'--{SMALL_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="soup.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{SMALL_BOUNDARY}--\r\n".encode()
-    )
-    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={SMALL_BOUNDARY}"}
-    status, answer, _ = send(base, "POST", "/media", headers, iter([body]), len(body))
-    assert status == 201, answer[:300]
-    media_id = str(json.loads(answer)["id"])
+    media_id = str(upload_form(base, auth, "soup.jpg", "image/jpeg", encoded_photo(4000, 3000, "JPEG"))["id"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, answer, _ = send(base, "GET", f"/media/{media_id}", auth, iter([]), 0)
@@ -625,9 +625,7 @@ def main() -> int:
     result["targets_table"] = table
     report(result)
     print_targets(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    save(RESULTS, result)
     return 0
 
 

@@ -37,8 +37,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import database
-from bench.rehearsal import bench_env
+from bench import database, save
+from bench.rehearsal import bench_env, form
 from common.config import Config
 from common.listing import encode_cursor
 from common.maintenance import maintain
@@ -57,7 +57,6 @@ UPLOADS = 200
 REQUESTS = 200
 LISTING_P99_MS = 10.0
 COMMIT_P99_RATIO = 1.25
-BOUNDARY = "scale-5d1c"
 
 
 @contextmanager
@@ -114,20 +113,12 @@ def upload_commits(base: str, token: str) -> dict[str, float]:
     """`UPLOADS` distinct 16 KiB PDFs, one after another: the request's time is mostly the commit
     (the digest lock, the record, the usage trigger, the outbox row, the fsyncs)."""
     client = Client(base)
-    head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="s.pdf"\r\n'
-        "Content-Type: application/pdf\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
-    }
+    samples = []
     try:
-        samples = [
-            client.timed("POST", "/media", headers, head + b"%PDF-1.4\n" + os.urandom(16 * 1024) + tail)
-            for _ in range(UPLOADS)
-        ]
+        for _ in range(UPLOADS):
+            body, form_type = form("s.pdf", "application/pdf", b"%PDF-1.4\n" + os.urandom(16 * 1024))
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": form_type}
+            samples.append(client.timed("POST", "/media", headers, body))
     finally:
         client.close()
     return latencies(samples)
@@ -253,9 +244,7 @@ def main() -> int:
         },
     }
     report(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    save(RESULTS, result)
     return 0
 
 

@@ -11,7 +11,6 @@ Written to bench/results/scrub.json. `python -m bench.scrub` runs it alone (`--g
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
@@ -20,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import save
 from common import scrub
 from common.cas import LocalBlobStore
 from common.memory_repository import InMemoryMediaRepository
@@ -111,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {r['cache']:<5} {r['seconds_per_gib']:>7} s/GiB  {r['cpu_seconds_per_gib']:>7} CPU s/GiB"
             f"  {r['mib_per_second']:>6} MiB/s"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    save(RESULTS, result)
     return 0
 
 

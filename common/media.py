@@ -150,8 +150,9 @@ def get(services: Services, principal: Principal, media_id: str) -> Detail:
     """`GET /media/{id}`: the record with its processing and attachments, in one round trip."""
     require_scope(principal, READ)
     detail = services.repo.detail(_key(media_id), imaging.RECIPE)
-    _may_see(principal, detail.record if detail else None)
-    assert detail is not None
+    if detail is None:
+        raise NotFound("No such media")
+    _may_see(principal, detail.record)
     return detail
 
 
