@@ -100,7 +100,9 @@ SCRUB_MISMATCHES = Counter(
 )
 S3_REQUESTS = Counter("media_s3_requests_total", "Calls to the object store by operation", ["operation"])
 S3_ERRORS = Counter(
-    "media_s3_errors_total", "Object store calls that got no answer or a 5xx, by operation", ["operation"]
+    "media_s3_errors_total",
+    "Object store calls that got no answer or an error (a lookup's 404 is none), by operation",
+    ["operation"],
 )
 
 

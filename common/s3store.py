@@ -19,9 +19,11 @@ key, and a delete is seen by the next HeadObject: the digest lock is all the coo
 Every call has a connect and a read timeout (`MEDIA_S3_TIMEOUT_SECONDS`) and at most two attempts;
 a store that does not answer, or answers with a server error, is `StorageUnavailable` (503), and
 after a silent failure a circuit breaker refuses at once for the timeout, as for PostgreSQL.
-Multipart uploads nobody finishes (the process died, the store went away mid-upload) are aborted
-by the maintenance's sweep once their newest part is older than the temp age; a bucket lifecycle
-rule (`AbortIncompleteMultipartUpload`, README) is the backstop.
+Readiness asks with a client of its own: one attempt, PROBE_TIMEOUT_SECONDS to connect and to
+answer. Multipart uploads nobody finishes (the process died, the store went away mid-upload) are
+aborted by the maintenance's sweep once their newest part is older than the temp age; a bucket
+lifecycle rule (`AbortIncompleteMultipartUpload`, README) is the backstop. A live upload of another
+process that slow loses its parts: its writer answers 503 (NoSuchUpload), to be sent again.
 """
 
 from __future__ import annotations
@@ -61,14 +63,23 @@ _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
 
 
-def s3_client(config: Config, read_timeout: float | None = None) -> S3Client:
+# Readiness asks the bucket once, with at most this for the connect and this for the answer: with
+# the database's own bound (MEDIA_DB_TIMEOUT_SECONDS, 2 s) it stays inside the probe's 3 s.
+PROBE_TIMEOUT_SECONDS = 0.5
+
+
+def s3_client(
+    config: Config, read_timeout: float | None = None, *, timeout: float | None = None, attempts: int = 2
+) -> S3Client:
     """A client with bounded waits; credentials the standard boto3 way (environment, profile,
     web identity / IRSA, instance metadata), never only from our own variables. `read_timeout`:
-    for the calls whose time grows with the object (MEDIA_S3_LONG_TIMEOUT_SECONDS)."""
+    for the calls whose time grows with the object (MEDIA_S3_LONG_TIMEOUT_SECONDS); `timeout` and
+    `attempts`: the readiness probe's client (`probe_client`)."""
+    connect = timeout or config.s3_timeout_seconds
     boto = BotoConfig(
-        connect_timeout=config.s3_timeout_seconds,
-        read_timeout=read_timeout or config.s3_timeout_seconds,
-        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=connect,
+        read_timeout=read_timeout or connect,
+        retries={"max_attempts": attempts, "mode": "standard"},
         max_pool_connections=max(10, config.threads + 4),
         signature_version="s3v4",
         s3={"addressing_style": "path" if config.s3_endpoint_url else "auto"},
@@ -80,11 +91,26 @@ def s3_client(config: Config, read_timeout: float | None = None) -> S3Client:
     return client
 
 
+def probe_client(config: Config) -> S3Client:
+    """The readiness probe's client: one attempt, PROBE_TIMEOUT_SECONDS to connect and to answer."""
+    return s3_client(config, timeout=min(config.s3_timeout_seconds, PROBE_TIMEOUT_SECONDS), attempts=1)
+
+
+# A 404 from these is how the store says "no such blob" (a dedup check, a lookup), not a failure.
+_LOOKUPS = frozenset({"HeadObject", "GetObject"})
+
+
+def failed_call(operation: str, status: int) -> bool:
+    """An answer counted in media_s3_errors_total: any 4xx or 5xx but a lookup's 404."""
+    return status >= 400 and not (status == 404 and operation in _LOOKUPS)
+
+
 def _count_requests(client: S3Client) -> None:
     """media_s3_requests_total / media_s3_errors_total by operation, from botocore's events."""
 
     def after_call(http_response: Any, event_name: str, **_: Any) -> None:
-        metrics.s3_call(event_name.rsplit(".", 1)[-1], failed=http_response.status_code >= 500)
+        operation = event_name.rsplit(".", 1)[-1]
+        metrics.s3_call(operation, failed=failed_call(operation, http_response.status_code))
 
     def after_error(event_name: str, **_: Any) -> None:  # no answer at all (timeout, refused)
         metrics.s3_call(event_name.rsplit(".", 1)[-1], failed=True)
@@ -108,8 +134,10 @@ class S3BlobStore:
         timeout_seconds: float = 5.0,
         redirect_ttl_seconds: int = 60,
         slow_client: S3Client | None = None,
+        probe_client: S3Client | None = None,
     ) -> None:
         self.client = client
+        self.probe_client = probe_client or client
         # CompleteMultipartUpload and CopyObject take time in proportion to the object (S3 may
         # take minutes for gigabytes): the same client with a longer read timeout.
         self.slow_client = slow_client or client
@@ -275,7 +303,7 @@ class S3BlobStore:
     def check_writable(self) -> None:
         """A cheap HeadBucket (readiness): the bucket is there and these credentials reach it."""
         try:
-            self.call(lambda: self.client.head_bucket(Bucket=self.bucket))
+            self.call(lambda: self.probe_client.head_bucket(Bucket=self.bucket))
         except ClientError as exc:
             raise StorageUnavailable(f"bucket {self.bucket!r}: {_code(exc) or exc}") from None
 
@@ -388,12 +416,29 @@ class S3BlobWriter(_Hashing):
             created = s.call(lambda: s.client.create_multipart_upload(Bucket=bucket, Key=key))
             self._upload_id = created["UploadId"]
         upload_id, number = self._upload_id, len(self._parts) + 1
-        sent = s.call(
-            lambda: s.client.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        with self._still_there():
+            sent = s.call(
+                lambda: s.client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                )
             )
-        )
         self._parts.append({"ETag": sent["ETag"], "PartNumber": number})
+
+    @contextmanager
+    def _still_there(self) -> Iterator[None]:
+        """The multipart upload is gone (NoSuchUpload): another process's sweep took it for
+        abandoned, its newest part older than MEDIA_TEMP_MAX_AGE_SECONDS (a body slower than one
+        part in that time), or someone aborted it. The upload cannot go on: 503, to be retried."""
+        try:
+            yield
+        except ClientError as exc:
+            if _code(exc) != "NoSuchUpload":
+                raise
+            self._upload_id = None
+            raise StorageUnavailable(
+                "the object store no longer has this upload's parts (abandoned: no part for "
+                "longer than the temp age); send it again"
+            ) from None
 
     def finish(self) -> StagedBlob:
         """The last part, then the object exists at the temp key (not yet at its address)."""
@@ -406,11 +451,12 @@ class S3BlobWriter(_Hashing):
                 if self._buffer or not self._parts:
                     self._send_part(bytes(self._buffer))
                 upload_id, parts = self._upload_id, list(self._parts)
-                s.call(
-                    lambda: s.slow_client.complete_multipart_upload(
-                        Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                with self._still_there():
+                    s.call(
+                        lambda: s.slow_client.complete_multipart_upload(
+                            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                        )
                     )
-                )
                 self._upload_id = None
             self._buffer = bytearray()
             self._stored = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -117,10 +118,17 @@ def test_redirect_downloads_check_access_first_and_hand_out_a_presigned_get(
         location = moved.headers["Location"]
         assert location.startswith(s3.endpoint + "/") and "X-Amz-Signature=" in location
         assert "response-content-disposition=" in location and "response-content-type=image%2Fpng" in location
+        assert "response-cache-control=private" in location
         assert moved.headers["Cache-Control"] == "no-store"
         fetched = requests.get(location, timeout=30)
         assert fetched.status_code == 200 and fetched.content == data
+        # The bucket answers with the headers the function would have sent had it streamed.
         assert fetched.headers["Content-Type"] == "image/png"
+        assert fetched.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+        assert (
+            "a b.png" in fetched.headers["Content-Disposition"]
+            or "a%20b.png" in fetched.headers["Content-Disposition"]
+        )
         ranged = requests.get(location, headers={"Range": "bytes=0-99"}, timeout=30)
         assert ranged.status_code == 206 and ranged.content == data[:100]
         # The checks come first: no token, someone else's token, a 304, HEAD.
@@ -140,7 +148,7 @@ def test_redirect_downloads_check_access_first_and_hand_out_a_presigned_get(
 
 def _post_until_answered(
     base: str, tok: str, chunks: Iterator[bytes], length: int
-) -> tuple[int, bytes, float]:
+) -> tuple[int, str, bytes, float]:
     """Stream a multipart upload; the service may answer (and close) before the body ends."""
     conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=60)
     started = time.monotonic()
@@ -159,7 +167,7 @@ def _post_until_answered(
         except OSError:
             pass  # answered early and closed: read the answer
         resp = conn.getresponse()
-        return resp.status, resp.read(), time.monotonic() - started
+        return resp.status, resp.getheader("Content-Type", ""), resp.read(), time.monotonic() - started
     finally:
         conn.close()
 
@@ -197,11 +205,12 @@ def test_the_object_store_frozen_mid_upload_is_a_503_and_leaves_nothing(
                 yield chunk
 
         try:
-            status, answer, seconds = _post_until_answered(stack.base, tok, body(), length)
+            status, content_type, answer, seconds = _post_until_answered(stack.base, tok, body(), length)
         finally:
             s3.thaw()
         assert status == 503, answer[:300]
-        assert b"object store" in answer
+        assert content_type == "application/problem+json"
+        assert json.loads(answer)["status"] == 503 and "object store" in json.loads(answer)["detail"]
         assert seconds < 30
         listed = requests.get(stack.base + "/media", headers=bearer(tok), timeout=30).json()
         assert listed["items"] == []  # no record

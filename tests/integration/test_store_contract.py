@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from common.cas import BlobStore, LocalBlobStore
 from common.config import Config
 from common.problems import BlobMissing, BlobTooLarge, StorageUnavailable
-from common.s3store import S3BlobStore, s3_client
+from common.s3store import S3BlobStore, probe_client, s3_client
 from localdev.harness import RunningS3
 from tests.support import needs_freezable, plant_temp, stored_blobs, temp_leftovers
 
@@ -24,8 +25,8 @@ MiB = 1024 * 1024
 PART = 8 * MiB
 
 
-def s3_store(s3: RunningS3, bucket: str | None = None, timeout: float = 2) -> S3BlobStore:
-    config = Config.from_env(
+def s3_config(s3: RunningS3, bucket: str | None = None, timeout: float = 2) -> Config:
+    return Config.from_env(
         {
             "MEDIA_STORAGE": "s3",
             "MEDIA_S3_BUCKET": bucket or s3.new_bucket(),
@@ -34,10 +35,22 @@ def s3_store(s3: RunningS3, bucket: str | None = None, timeout: float = 2) -> S3
             "MEDIA_S3_TIMEOUT_SECONDS": str(timeout),
         }
     )
-    assert config.s3_bucket is not None
+
+
+def s3_store(s3: RunningS3, bucket: str | None = None, timeout: float = 2) -> S3BlobStore:
+    config = s3_config(s3, bucket, timeout)
     return S3BlobStore(
-        s3_client(config), config.s3_bucket, "media/", part_bytes=PART, timeout_seconds=timeout
+        s3_client(config),
+        config.require_s3_bucket(),
+        "media/",
+        part_bytes=PART,
+        timeout_seconds=timeout,
+        probe_client=probe_client(config),
     )
+
+
+def s3_counted(name: str, operation: str) -> float:
+    return REGISTRY.get_sample_value(name, {"operation": operation}) or 0.0
 
 
 @pytest.fixture(params=["fs", "s3"])
@@ -239,8 +252,80 @@ def test_blobs_older_than(store: BlobStore) -> None:
 def test_readiness_checks_the_store(store: BlobStore, s3: RunningS3) -> None:
     store.check_writable()
     if isinstance(store, S3BlobStore):
+        errors = s3_counted("media_s3_errors_total", "HeadBucket")
         with pytest.raises(StorageUnavailable, match="bucket"):
             s3_store(s3, bucket="no-such-bucket-here").check_writable()
+        assert s3_counted("media_s3_errors_total", "HeadBucket") == errors + 1  # its 404 is a failure
+
+
+def test_s3_calls_and_errors_are_counted_by_operation(s3: RunningS3) -> None:
+    store = s3_store(s3)
+    puts, heads = (
+        s3_counted("media_s3_requests_total", "PutObject"),
+        s3_counted("media_s3_requests_total", "HeadObject"),
+    )
+    head_errors = s3_counted("media_s3_errors_total", "HeadObject")
+    digest, _ = put(store, os.urandom(1000))  # one PutObject to the temp key, a HeadObject (dedup)
+    assert not store.exists("0" * 64)  # a lookup's 404: a call, not an error
+    assert s3_counted("media_s3_requests_total", "PutObject") == puts + 1
+    assert s3_counted("media_s3_requests_total", "HeadObject") == heads + 2
+    assert s3_counted("media_s3_errors_total", "HeadObject") == head_errors
+    aborts = s3_counted("media_s3_errors_total", "UploadPart")
+    with store.writer(64 * MiB) as writer:
+        for chunk in blocks(PART):  # the multipart upload begins
+            writer.write(chunk)
+        assert writer._upload_id is not None
+        s3_store(s3, bucket=store.bucket).client.abort_multipart_upload(
+            Bucket=store.bucket, Key=writer.key, UploadId=writer._upload_id
+        )
+        with pytest.raises(StorageUnavailable):
+            for chunk in blocks(PART):
+                writer.write(chunk)
+    assert s3_counted("media_s3_errors_total", "UploadPart") == aborts + 1  # NoSuchUpload
+
+
+def test_an_upload_another_process_swept_is_a_503_and_leaves_nothing(s3: RunningS3) -> None:
+    """Another process's sweep takes a multipart upload whose newest part is older than the temp
+    age for abandoned; the writer it belonged to answers 503 (send it again), never a 500."""
+    store = s3_store(s3)
+    other = s3_store(s3, bucket=store.bucket)
+    # moto answers a part for an aborted upload with a 500 where S3 says 404 NoSuchUpload (that
+    # answer's own message: tests/unit/test_s3store.py); both are a 503 here, never a 500.
+    with pytest.raises(StorageUnavailable), store.writer(64 * MiB) as writer:
+        for chunk in blocks(PART + MiB):
+            writer.write(chunk)
+        assert other.sweep_temp(0) == 1  # not this process's: it cannot know the upload is live
+        for chunk in blocks(PART):
+            writer.write(chunk)
+    assert temp_leftovers(store) == [] and stored_blobs(store) == []
+
+
+def test_parts_are_the_configured_size(s3: RunningS3) -> None:
+    store = s3_store(s3)
+    with store.writer(64 * MiB) as writer:
+        for chunk in blocks(2 * PART + 5):
+            writer.write(chunk)
+        assert writer._upload_id is not None
+        parts = store.client.list_parts(Bucket=store.bucket, Key=writer.key, UploadId=writer._upload_id)
+        assert [p["Size"] for p in parts["Parts"]] == [PART, PART]  # the last 5 bytes wait for finish
+        assert len(writer._buffer) == 5
+
+
+def test_readiness_of_a_silent_store_answers_within_the_probe_s_bound(s3: RunningS3) -> None:
+    needs_freezable(s3)
+    store = s3_store(s3, timeout=5)  # the other calls may wait 5 s; the probe does not
+    store.check_writable()
+    errors = s3_counted("media_s3_errors_total", "HeadBucket")
+    s3.freeze()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="did not answer"):
+            store.check_writable()
+        took = time.monotonic() - started
+    finally:
+        s3.thaw()
+    assert took < 1.5, f"{took:.2f} s: one attempt of {0.5} s to answer (the probe gives 3 s in all)"
+    assert s3_counted("media_s3_errors_total", "HeadBucket") == errors + 1
 
 
 def test_a_silent_object_store_is_unavailable_fast_and_recovers(s3: RunningS3) -> None:

@@ -48,6 +48,13 @@ def test_values_are_parsed() -> None:
         ("MEDIA_JWT_ALGORITHMS", "none"),
         ("MEDIA_JWT_ALGORITHMS", "RS256,HS512"),
         ("MEDIA_JWKS_URL", "file:///etc/keys"),
+        ("MEDIA_STORAGE", "nfs"),
+        ("MEDIA_S3_BUCKET", "My_Bucket"),
+        ("MEDIA_S3_BUCKET", "ab"),
+        ("MEDIA_S3_PREFIX", "media files/"),
+        ("MEDIA_S3_PART_BYTES", str(5 * 1024 * 1024)),  # S3's own minimum, under ours
+        ("MEDIA_S3_DOWNLOAD", "proxy"),
+        ("MEDIA_S3_ENDPOINT_URL", "minio:9000"),
     ],
 )
 def test_malformed_values_name_the_variable(name: str, value: str) -> None:
@@ -67,6 +74,26 @@ def test_required_values_are_demanded_by_name() -> None:
             {"MEDIA_AUTH_MODE": "both", "MEDIA_JWKS_URL": "https://id/jwks", "MEDIA_JWT_ISSUER": "https://id"}
         ).check_auth()
     Config.from_env({"MEDIA_JWKS_URL": "https://id.example/jwks"}).check_auth()  # enough offline
+    with pytest.raises(ConfigError, match="MEDIA_STORAGE=s3 needs MEDIA_S3_BUCKET"):
+        Config.from_env({"MEDIA_STORAGE": "s3"}).require_s3_bucket()
+
+
+def test_s3_settings_are_read_and_normalised() -> None:
+    c = Config.from_env(
+        {
+            "MEDIA_STORAGE": "s3",
+            "MEDIA_S3_BUCKET": "recipes-media.eu",
+            "MEDIA_S3_PREFIX": "/media",
+            "MEDIA_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "MEDIA_S3_PART_BYTES": str(16 * 1024 * 1024),
+        }
+    )
+    assert (c.storage, c.require_s3_bucket(), c.s3_prefix) == ("s3", "recipes-media.eu", "media/")
+    assert (c.s3_endpoint_url, c.s3_part_bytes, c.s3_download) == (
+        "http://127.0.0.1:9000",
+        16 * 1024 * 1024,
+        "stream",
+    )
 
 
 def test_readme_documents_every_variable_with_its_default() -> None:
