@@ -186,6 +186,26 @@ def test_two_workers_draining_at_once_process_each_job_exactly_once(
     assert sum(r.done for r in results) == 4 and sum(r.lost for r in results) == 0
 
 
+def test_a_claim_skips_a_job_another_worker_holds_instead_of_waiting_for_it(svc: Services) -> None:
+    """SKIP LOCKED: while one worker's claim holds the oldest due job's row, another claim takes
+    the next job at once (with FOR UPDATE alone it would wait for the first to commit)."""
+    first, second = upload(svc, photo(700, 500)), upload(svc, photo(710, 500))
+    with psycopg.connect(svc.config.require_database_url()) as holder:
+        held = holder.execute(  # the oldest due job: the one a claim takes first
+            "SELECT 1 FROM image_jobs WHERE sha256 = %s AND state = 'pending' FOR UPDATE", (first.sha256,)
+        ).fetchall()
+        assert len(held) == 1
+        started = time.monotonic()
+        job = svc.repo.claim_job(60)
+        waited = time.monotonic() - started
+        holder.rollback()
+    assert job is not None and job.sha256 == second.sha256
+    assert waited < svc.config.db_timeout_seconds / 2, f"{waited:.2f} s: the claim waited for the held row"
+    again = svc.repo.claim_job(60)
+    assert again is not None and again.sha256 == first.sha256  # released: the next claim takes it
+    assert svc.repo.claim_job(60) is None  # both leased
+
+
 def test_a_bomb_and_a_truncated_jpeg_end_failed_and_the_worker_goes_on(svc: Services) -> None:
     bomb = upload(svc, png_declaring(100_000, 100_000))
     whole = photo(900, 600)
@@ -236,6 +256,32 @@ def test_a_store_outage_is_retried_with_backoff_then_recorded_failed(
         _make_due_now(svc)
     assert outcomes == ["retried"] * (svc.config.process_max_attempts - 1) + ["failed"]
     assert svc.repo.claim_job(60) is None
+
+
+def test_a_retried_job_waits_out_its_backoff_before_it_is_claimed_again(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common.problems import StorageUnavailable
+
+    record = upload(svc, photo(640, 480))
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailable("the store is down")
+
+    monkeypatch.setattr(svc.store, "open", down)
+    job = svc.repo.claim_job(60)
+    assert job is not None and processing.run(svc, job) == "retried"
+    with psycopg.connect(svc.config.require_database_url(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT EXTRACT(EPOCH FROM next_attempt_at - clock_timestamp()), lease_until,"
+            " convert_to(reason, 'UTF8') FROM image_jobs WHERE sha256 = %s",
+            (record.sha256,),
+        ).fetchone()
+    assert row is not None
+    assert processing.backoff(1) - 2 < float(row[0]) <= processing.backoff(1)  # 10 s from now
+    assert row[1] is None and b"the store is down" in bytes(row[2])  # lease given back, reason kept
+    assert svc.repo.claim_job(60) is None  # not due yet: no worker spins on an outage
+    assert processing.drain(svc).done == 0
 
 
 def _make_due_now(svc: Services) -> None:
@@ -304,6 +350,17 @@ def test_variants_are_served_by_width_format_and_accept_each_with_its_own_etag(s
         etag = answer.headers["ETag"]
         again = api.get(content + "?w=1000", headers={**auth, "Accept": accept, "If-None-Match": etag})
         assert again.status_code == 304 and again.headers["Vary"] == "Accept"
+        assert again.headers["ETag"] == etag
+    # A 304 is per representation: the WebP's ETag matches the WebP, not the AVIF or the original.
+    webp_etag = webp.headers["ETag"]
+    same = api.get(content + "?w=600&format=webp", headers={**auth, "If-None-Match": webp_etag})
+    assert same.status_code == 304 and same.headers["ETag"] == webp_etag
+    other = api.get(content + "?w=600&format=avif", headers={**auth, "If-None-Match": webp_etag})
+    assert other.status_code == 200 and other.headers["Content-Type"] == "image/avif"
+    wider = api.get(content + "?w=1280&format=webp", headers={**auth, "If-None-Match": webp_etag})
+    assert wider.status_code == 200 and wider.headers["ETag"] == f'"{made["webp", 1280]["sha256"]}"'
+    whole = api.get(content, headers={**auth, "If-None-Match": webp_etag})
+    assert whole.status_code == 200 and whole.data == original
     plain = api.get(content, headers={**auth, "Accept": "image/avif"})
     assert plain.data == original and "Vary" not in plain.headers  # no w, no format: the original
     signed = api.get(made["avif", 320]["url"].removeprefix(svc.config.public_base_url))
