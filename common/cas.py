@@ -132,6 +132,9 @@ class BlobStore(Protocol):
 
     def exists(self, sha256: str) -> bool: ...
 
+    def size(self, sha256: str) -> int | None:
+        """The stored blob's size (a stat, a HeadObject), or None when there is none."""
+
     def delete(self, sha256: str) -> None: ...
 
     def blobs_older_than(self, seconds: float) -> Iterator[str]:
@@ -345,6 +348,12 @@ class LocalBlobStore:
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).exists()
 
+    def size(self, sha256: str) -> int | None:
+        try:
+            return self.path_for(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def delete(self, sha256: str) -> None:
         path = self.path_for(sha256)
         path.unlink(missing_ok=True)
@@ -526,6 +535,10 @@ class InMemoryBlobStore:
 
     def exists(self, sha256: str) -> bool:
         return check_digest(sha256) in self.blobs
+
+    def size(self, sha256: str) -> int | None:
+        held = self.blobs.get(check_digest(sha256))
+        return None if held is None else len(held)
 
     def delete(self, sha256: str) -> None:
         with self._lock:

@@ -149,6 +149,16 @@ class InMemoryMediaRepository:
         self._check()
         return sorted({d for d in self._users() if d > after})[:limit]
 
+    def corrupt_only(self, digests: Sequence[str]) -> set[str]:
+        self._check()
+        variants = {v.sha256 for job in self.jobs.values() for v in job.variants.values()}
+        wanted = set(digests)
+        statuses: dict[str, set[str]] = {}
+        for r in self.rows.values():
+            if r.sha256 in wanted:
+                statuses.setdefault(r.sha256, set()).add(r.status)
+        return {d for d, seen in statuses.items() if seen == {"corrupt"} and d not in variants}
+
     def claim_task(self, task: str, every_seconds: float) -> bool:
         self._check()
         now = time.monotonic()

@@ -2,16 +2,27 @@
 `python -m common.migrate_store --from fs --to s3` (`make migrate-store FROM=fs TO=s3`), or back.
 
 1. Copy: the referenced digests in order (from the database), each streamed from the source into
-   the destination through the destination's own writer, so its SHA-256 is computed again and
-   compared with the digest before the copy is committed. A digest the destination already has
-   is skipped: an interrupted run (Ctrl-C, a lost pod) resumes where it stopped. The commit takes
-   the digest's lock and checks that a record still references it, so a delete in the meantime
-   leaves no copy behind.
+   the destination through the destination's own writer, which hashes the bytes on the way: a
+   digest they do not match is not committed. The commit takes the digest's lock and checks that
+   a record still references it, so a delete in the meantime leaves no copy behind. Then the
+   committed copy is read back from the destination and hashed again (`BlobStore.verify`, in
+   chunks): a copy that does not match is removed from the destination (only there, under the
+   digest's lock, after a second read confirms it) and the digest is recorded as failed.
+   A digest the destination already has is skipped, so an interrupted run (Ctrl-C, a lost pod)
+   resumes where it stopped; its size is compared with the source's first (cheap), and when they
+   differ the destination's copy is hashed: a bad one is removed and the digest fails (the next
+   round copies it again), a good one stays (it is the source that is damaged).
 2. Compare (a dry run; `--dry-run` does only this): every referenced digest is looked for in the
    destination. Uploads that arrived during the copy are found here and copied in another round
-   (at most three). It ends with the number still missing: 0 means the operator may switch
-   `MEDIA_STORAGE`. Uploads in the minutes between the comparison and the switch still land in the
-   old store: run it once more after the switch (it copies only what is missing).
+   (at most three, each compared again after it). It ends with the number still missing: 0 means
+   the operator may switch `MEDIA_STORAGE`. Uploads in the minutes between the comparison and the
+   switch still land in the old store: run it once more after the switch (it copies only what is
+   missing).
+
+Quarantined blobs: a digest that only `corrupt` records reference (the integrity scrub moved its
+blob to quarantine, `scrub.py`) is neither copied nor looked for; it is counted as `quarantined`
+instead, so it does not keep the run from ending with 0 missing. Such records answer 410 on
+either store. A good upload of the same bytes since makes a ready record: the digest is copied.
 
 Progress: a bar on a terminal, JSON lines otherwise (one per second at most, and at the end).
 Exit status 0 when nothing is missing, 1 when something is (or a copy did not verify), 130 when
@@ -27,9 +38,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Literal, TextIO
 
 from common.cas import BlobStore
 from common.config import Config, ConfigError
@@ -42,48 +53,113 @@ PAGE = 500
 CHUNK = 1024 * 1024
 ROUNDS = 3
 
+Outcome = Literal["copied", "skipped", "gone", "quarantined"]
+
+
+class CopyFailed(Exception):
+    """A digest that could not be copied: missing from the source, or a copy that did not verify."""
+
 
 @dataclass
 class Progress:
-    referenced: int = 0
+    referenced: int = 0  # digests to copy in this round (quarantined ones left out)
     done: int = 0
     copied: int = 0
     skipped: int = 0
     gone: int = 0  # deleted while the migration ran
+    quarantined: int = 0  # only corrupt records reference it: neither copied nor missing
     failed: list[str] = field(default_factory=list)  # did not verify, or missing from the source
     bytes: int = 0
     missing: int = -1  # after the comparison
 
 
-def referenced(repo: MediaRepository) -> Iterator[str]:
+def referenced(repo: MediaRepository) -> tuple[list[str], int]:
+    """The referenced digests to migrate, in order, and how many were left out as quarantined."""
+    digests: list[str] = []
+    quarantined = 0
     after = ""
     while page := repo.digests_after(after, PAGE):
-        yield from page
+        known = repo.corrupt_only(page)
+        digests.extend(d for d in page if d not in known)
+        quarantined += len(known)
         after = page[-1]
+    return digests, quarantined
 
 
-def copy_one(source: BlobStore, destination: BlobStore, repo: MediaRepository, sha256: str) -> int:
-    """Stream one blob across and verify it; the bytes copied (0: skipped or no longer referenced)."""
-    if destination.exists(sha256):
-        return 0
+def copy_one(
+    source: BlobStore, destination: BlobStore, repo: MediaRepository, sha256: str
+) -> tuple[Outcome, int]:
+    """Stream one blob across and verify the committed copy: the outcome and the bytes copied.
+    CopyFailed when the source lacks it or a copy does not verify (no bad copy is left behind)."""
+    held = destination.size(sha256)
+    if held is not None:
+        return _check_held(source, destination, repo, sha256, held), 0
     try:
         reader = source.open(sha256)
     except BlobMissing:
-        with repo.digest_scope(sha256) as scope:
-            if scope.references(sha256) == 0:
-                return -1  # deleted meanwhile: nothing to copy
-        raise ValueError(f"{sha256}: referenced, but the source store does not have it") from None
+        return _absent_from_source(repo, sha256), 0
     with reader, destination.writer(max_bytes=2**62, label="migrate") as writer:
         while chunk := reader.read(CHUNK):
             writer.write(chunk)
         staged = writer.finish()
         if staged.sha256 != sha256:
-            raise ValueError(f"{sha256}: the copy reads back as {staged.sha256}; not committed")
+            raise CopyFailed(f"{sha256}: the source's bytes hash to {staged.sha256}; not committed")
         with repo.digest_scope(sha256) as scope:
             if scope.references(sha256) == 0:
-                return -1  # its last record went while we copied
+                return "gone", 0  # its last record went while we copied
             destination.commit(writer)
-    return staged.size
+    outcome = _read_back(destination, repo, sha256)
+    return outcome, staged.size if outcome == "copied" else 0
+
+
+def _absent_from_source(repo: MediaRepository, sha256: str) -> Outcome:
+    with repo.digest_scope(sha256) as scope:
+        users = scope.references(sha256)
+        if users == 0:
+            return "gone"  # deleted meanwhile: nothing to copy
+        statuses = repo.statuses_of(sha256)
+        if set(statuses) == {"corrupt"} and sum(statuses.values()) == users:
+            return "quarantined"  # the scrub quarantined it since the digests were listed
+    raise CopyFailed(f"{sha256}: referenced, but the source store does not have it")
+
+
+def _read_back(destination: BlobStore, repo: MediaRepository, sha256: str) -> Outcome:
+    """Hash the committed copy as the destination returns it; remove it if it does not match."""
+    found = destination.verify(sha256)
+    if found is not None and found.matches(sha256):
+        return "copied"
+    with repo.digest_scope(sha256) as scope:
+        again = destination.verify(sha256)  # another writer of the destination may have healed it
+        if again is not None and again.matches(sha256):
+            return "copied"
+        if again is not None:
+            destination.delete(sha256)  # the destination's bad copy only; the source is untouched
+        if scope.references(sha256) == 0:
+            return "gone"
+    what = f"{again.size} bytes hashing to {again.actual}" if again is not None else "nothing"
+    raise CopyFailed(f"{sha256}: the committed copy reads back as {what}; removed from the destination")
+
+
+def _check_held(
+    source: BlobStore, destination: BlobStore, repo: MediaRepository, sha256: str, held: int
+) -> Outcome:
+    """A digest the destination already has: skipped if its size is the source's. Otherwise its
+    copy is hashed; a good one stays (the source's is damaged), a bad one is removed: failed."""
+    expected = source.size(sha256)
+    if expected is None or expected == held:
+        return "skipped"
+    with repo.digest_scope(sha256):
+        found = destination.verify(sha256)
+        if found is None:
+            return "skipped"  # removed meanwhile: the comparison finds it missing
+        if found.matches(sha256):
+            log.warning("%s: the source's copy has %d bytes instead of %d; kept", sha256, expected, held)
+            return "skipped"
+        destination.delete(sha256)
+    raise CopyFailed(
+        f"{sha256}: the destination held {held} bytes hashing to {found.actual}, the source has"
+        f" {expected}; removed from the destination, to be copied again"
+    )
 
 
 def migrate(
@@ -93,15 +169,21 @@ def migrate(
     *,
     dry_run: bool = False,
     report: Callable[[str, Progress], None] = lambda event, progress: None,
+    progress: Progress | None = None,
 ) -> Progress:
-    progress = Progress()
+    """Copy, then compare and copy what is missing (at most ROUNDS times, each compared again).
+    `progress`: filled in as it goes (what an interrupted run got to)."""
+    if progress is None:
+        progress = Progress()
     if not dry_run:
-        _copy_round(source, destination, repo, list(referenced(repo)), progress, report)
-    for _ in range(ROUNDS):
-        missing = [d for d in referenced(repo) if not destination.exists(d)]
+        digests, progress.quarantined = referenced(repo)
+        _copy_round(source, destination, repo, digests, progress, report)
+    for copies in range(ROUNDS + 1):
+        digests, progress.quarantined = referenced(repo)
+        missing = [d for d in digests if not destination.exists(d)]
         progress.missing = len(missing)
         report("compared", progress)
-        if dry_run or not missing:
+        if dry_run or not missing or copies == ROUNDS:
             break
         _copy_round(source, destination, repo, missing, progress, report)
     return progress
@@ -119,24 +201,32 @@ def _copy_round(
     progress.done = 0
     for sha256 in digests:
         try:
-            size = copy_one(source, destination, repo, sha256)
-        except ValueError as exc:
+            outcome, size = copy_one(source, destination, repo, sha256)
+        except CopyFailed as exc:
             log.error("%s", exc)
-            progress.failed.append(sha256)
-            size = 0
-        if size > 0:
-            progress.copied += 1
-            progress.bytes += size
-        elif size == 0:
-            progress.skipped += 1
+            if sha256 not in progress.failed:
+                progress.failed.append(sha256)
         else:
-            progress.gone += 1
+            _tally(progress, outcome, size)
         progress.done += 1
         report("progress", progress)
 
 
+def _tally(progress: Progress, outcome: Outcome, size: int) -> None:
+    if outcome == "copied":
+        progress.copied += 1
+        progress.bytes += size
+    elif outcome == "skipped":
+        progress.skipped += 1
+    elif outcome == "gone":
+        progress.gone += 1
+    else:
+        progress.quarantined += 1
+
+
 class Reporter:
-    """A bar on a terminal; JSON lines otherwise (at most one a second, plus every change of phase)."""
+    """A bar on a terminal; JSON lines otherwise (at most one a second, plus every change of phase:
+    `compared`, `interrupted`)."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -149,19 +239,26 @@ class Reporter:
             return
         self._last = now
         if self.tty:
-            total = max(progress.referenced, 1)
-            filled = round(30 * progress.done / total)
-            line = (
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {progress.done}/{progress.referenced}"
-                f" copied {progress.copied} skipped {progress.skipped} {progress.bytes / 2**20:.0f} MiB"
-            )
-            if event == "compared":
-                line += f"  missing {progress.missing}\n"
-            self.out.write(line)
+            self.out.write(bar(event, progress))
         else:
             doc = {"event": event, **dataclasses.asdict(progress), "failed": len(progress.failed)}
             self.out.write(json.dumps(doc) + "\n")
         self.out.flush()
+
+
+def bar(event: str, progress: Progress, width: int = 30) -> str:
+    """The terminal's line: redrawn in place (`\\r`), ended by a comparison or an interruption."""
+    filled = round(width * progress.done / max(progress.referenced, 1))
+    line = (
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {progress.done}/{progress.referenced}"
+        f" copied {progress.copied} skipped {progress.skipped} failed {len(progress.failed)}"
+        f" {progress.bytes / 2**20:.0f} MiB"
+    )
+    if event == "compared":
+        line += f"  missing {progress.missing} quarantined {progress.quarantined}\n"
+    elif event == "interrupted":
+        line += "  interrupted\n"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,16 +288,24 @@ def main(argv: list[str] | None = None) -> int:
     repo = PgMediaRepository(
         config.require_database_url(), max_size=2, timeout_seconds=config.db_timeout_seconds
     )
+    report = Reporter(sys.stdout)
+    progress = Progress()
     try:
-        progress = migrate(
+        migrate(
             stores[args.source],
             stores[args.destination],
             repo,
             dry_run=args.dry_run,
-            report=Reporter(sys.stdout),
+            report=report,
+            progress=progress,
         )
     except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        report("interrupted", progress)
+        print(
+            f"interrupted after {progress.copied} copied, {progress.skipped} skipped:"
+            " run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     except (StorageUnavailable, DatabaseUnavailable) as exc:
         print(f"\nmigrate-store: {exc}; run the same command again to resume", file=sys.stderr)

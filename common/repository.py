@@ -113,6 +113,10 @@ class MediaRepository(Protocol):
     def digests_after(self, after: str, limit: int) -> list[str]:
         """The referenced digests greater than `after` (`""` for the first), in order, `limit` of them."""
 
+    def corrupt_only(self, digests: Sequence[str]) -> set[str]:
+        """Which of `digests` only `corrupt` records reference (no other record, no variant): the
+        blobs the integrity scrub quarantined, which the store no longer has at their address."""
+
     def claim_task(self, task: str, every_seconds: float) -> bool:
         """True for one caller per `every_seconds` across all processes (maintenance rounds)."""
 
@@ -397,6 +401,16 @@ class PgMediaRepository(ProcessingQueries, AccountQueries, ScrubQueries, RecipeQ
                 (after, after, limit),
             ).fetchall()
         return [str(r["sha256"]) for r in rows]
+
+    def corrupt_only(self, digests: Sequence[str]) -> set[str]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT m.sha256 FROM media AS m WHERE m.sha256 = ANY(%s) GROUP BY m.sha256"
+                " HAVING bool_and(m.status = 'corrupt')"
+                " AND NOT EXISTS (SELECT 1 FROM image_variants AS v WHERE v.variant_sha256 = m.sha256)",
+                (list(digests),),
+            ).fetchall()
+        return {str(r["sha256"]) for r in rows}
 
     def claim_task(self, task: str, every_seconds: float) -> bool:
         with self._conn() as conn:

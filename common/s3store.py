@@ -251,6 +251,9 @@ class S3BlobStore:
     def exists(self, sha256: str) -> bool:
         return self._head(self.key_for(sha256)) is not None
 
+    def size(self, sha256: str) -> int | None:
+        return self._head(self.key_for(sha256))
+
     def delete(self, sha256: str) -> None:
         key = self.key_for(sha256)
         self.call(lambda: self.client.delete_object(Bucket=self.bucket, Key=key))

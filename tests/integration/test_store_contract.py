@@ -243,6 +243,12 @@ def test_a_pending_upload_s_temp_files_go_by_label(store: BlobStore) -> None:
     store.sweep_temp(0)
 
 
+def test_size_is_the_stored_blob_s_or_none(store: BlobStore) -> None:
+    digest, _ = put(store, os.urandom(12345))
+    assert store.size(digest) == 12345
+    assert store.size("0" * 64) is None
+
+
 def test_blobs_older_than(store: BlobStore) -> None:
     digest, _ = put(store, os.urandom(1000))
     assert digest in set(store.blobs_older_than(0))
