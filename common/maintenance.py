@@ -12,7 +12,9 @@ Each round:
 - quota holds that lapsed (their upload's process died) are forgotten;
 - running erasures nobody holds a lease on are carried on (`erasure.py`), for a bounded time;
 - items that asked to expire unattached and were not attached in time are deleted (a batch);
-- change-feed events older than MEDIA_CHANGES_RETENTION_DAYS are purged (a batch).
+- change-feed events older than MEDIA_CHANGES_RETENTION_DAYS are purged (a batch);
+- once per period across all processes, a batch of the processing backfill (`backfill.py`): a job
+  for each stored image that has none under the current recipe.
 In a thread of its own (`scrub_tick`, it spends most of a period reading), once per period across
 all processes, unless MEDIA_SCRUB_MIB_PER_SECOND is 0: a slice of the integrity scrub
 (`scrub.py`), the stored blobs re-hashed, paced to that rate.
@@ -26,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from common import audit, metrics, removal, scrub
+from common import audit, backfill, metrics, removal, scrub
 from common.cas import BlobStore
 from common.config import Config
 from common.erasure import resume_erasures
@@ -64,6 +66,8 @@ def maintain(config: Config, store: BlobStore, repo: MediaRepository) -> None:
         orphans = reconcile_orphans(store, repo, config.orphan_grace_seconds)
         if orphans:
             log.info("removed %d orphan blob(s) no record referenced", orphans)
+    if repo.claim_task(backfill.TASK, config.temp_sweep_interval_seconds):
+        backfill.backfill(repo)
 
 
 def expire_unattached(store: BlobStore, repo: MediaRepository, audited: bool = True) -> int:

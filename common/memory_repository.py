@@ -86,6 +86,7 @@ class InMemoryMediaRepository:
         self.rates: dict[str, float] = {}
         self.jobs: dict[tuple[str, int], _Job] = {}
         self.outbox: list[OutboxEvent] = []
+        self.backfills: dict[int, tuple[uuid.UUID, bool]] = {}
         self.sent: set[int] = set()
         self.holds: dict[uuid.UUID, _Hold] = {}
         self.attachments: dict[tuple[uuid.UUID, str, str], Attachment] = {}
@@ -292,6 +293,19 @@ class InMemoryMediaRepository:
             made.dominant_color,
             variants if job.state == "done" else (),
         )
+
+    def backfill_position(self, recipe: int) -> uuid.UUID | None:
+        self._check()
+        after, finished = self.backfills.setdefault(recipe, (uuid.UUID(int=0), False))
+        return None if finished else after
+
+    def records_after(self, after: uuid.UUID, limit: int) -> list[MediaRecord]:
+        self._check()
+        return [self.rows[i] for i in sorted(i for i in self.rows if i > after)[:limit]]
+
+    def advance_backfill(self, recipe: int, after: uuid.UUID, finished: bool) -> None:
+        self._check()
+        self.backfills[recipe] = (after, finished)
 
     def unsent_events(self, limit: int) -> list[OutboxEvent]:
         self._check()
@@ -620,6 +634,20 @@ class _MemoryDigestScope:
             self._repo.outbox.append(
                 OutboxEvent(event_id, UPLOADED_EVENT, str(media_id), data, datetime.now(UTC))
             )
+
+    def enqueue_job(self, sha256: str, recipe: int, content_type: str) -> bool:
+        self._repo._check()
+        with self._repo._guard:
+            if (sha256, recipe) in self._repo.jobs:
+                return False
+            self._repo.jobs[sha256, recipe] = _Job(content_type)
+            return True
+
+    def release_superseded(self, sha256: str, recipe: int) -> list[str]:
+        self._repo._check()
+        with self._repo._guard:
+            old = [key for key in self._repo.jobs if key[0] == sha256 and key[1] < recipe]
+            return sorted({v.sha256 for key in old for v in self._repo.jobs.pop(key).variants.values()})
 
     def release_processing(self, sha256: str) -> list[str]:
         return sorted({v.sha256 for v in self.release_variants(sha256)})

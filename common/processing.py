@@ -20,6 +20,10 @@ job row (`FOR SHARE`), so a delete of the original either sees the variant row o
 leaves the job gone (the variant is then removed again). Deleting an original's last record
 releases its jobs and variants (`media.delete`), then unlinks each variant no longer used.
 
+Images that never had a job (stored before there was a process function, or every one after a
+bump of `imaging.RECIPE`) get one from the maintenance's walk (`backfill.py`). Once an original's
+job under a recipe is done, what older recipes made of it is released (`removal.release_superseded`).
+
 Failures: an image that cannot be processed (a decompression bomb, a truncated file, the memory or
 time limit) is recorded `failed` with its reason at once; a store or database outage is retried
 with exponential backoff (`backoff`) and recorded `failed` after `MEDIA_PROCESS_MAX_ATTEMPTS`
@@ -36,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import imaging
+from common import imaging, removal
 from common.events import DRAIN_EVENT, PING_EVENT, NoSink, Received
 from common.imaging import ImageRejected, Limits, Variant
 from common.problems import BlobMissing, DatabaseUnavailable, StorageUnavailable
@@ -227,6 +231,8 @@ def run(services: Services, job: ImageJob) -> str:
     if recorded is None:
         return "lost"
     log.info("image %s: %s%s", job.sha256, recorded, f" ({outcome.reason})" if outcome.reason else "")
+    if recorded == "done":  # what an older recipe made is served no more: its blobs are freed
+        removal.release_superseded(services.store, services.repo, job.sha256, job.recipe)
     return {"done": "done", "failed": "failed"}.get(recorded, "retried")
 
 

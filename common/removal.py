@@ -45,3 +45,16 @@ def unlink_if_unreferenced(store: BlobStore, repo: MediaRepository, sha256: str)
         return
     for variant in released:
         unlink_if_unreferenced(store, repo, variant)
+
+
+def release_superseded(store: BlobStore, repo: MediaRepository, sha256: str, recipe: int) -> None:
+    """The original's variants under `recipe` are made: its jobs and variants under older recipes
+    go, and each of their blobs that nothing else uses (the rule above, variant by variant)."""
+    try:
+        with repo.digest_scope(sha256) as scope:
+            released = scope.release_superseded(sha256, recipe)
+    except DatabaseUnavailable:
+        log.warning("older variants of %s kept for now; its next processing releases them", sha256)
+        return
+    for variant in released:
+        unlink_if_unreferenced(store, repo, variant)

@@ -70,6 +70,13 @@ class DigestScope(Protocol):
         """The job for this original (unless one exists) and a `media.uploaded` outbox row, in the
         transaction that makes the record ready."""
 
+    def enqueue_job(self, sha256: str, recipe: int, content_type: str) -> bool:
+        """The job alone (the backfill's: no outbox row); True when it was not there yet."""
+
+    def release_superseded(self, sha256: str, recipe: int) -> list[str]:
+        """This original's jobs and variant rows under recipes older than `recipe` go; returns the
+        variants' digests (their blobs may now be unreferenced)."""
+
     def release_processing(self, sha256: str) -> list[str]:
         """When no record has this original any more: its jobs and variant rows go; returns the
         variants' digests (their blobs may now be unreferenced)."""
@@ -154,6 +161,15 @@ class MediaRepository(Protocol):
         was lost (another worker took it after the lease ran out)."""
 
     def processing_of(self, sha256: str, recipe: int) -> Processing | None: ...
+
+    def backfill_position(self, recipe: int) -> uuid.UUID | None:
+        """Where the processing backfill for `recipe` goes on from (the nil UUID: the start), or
+        None once it is done."""
+
+    def records_after(self, after: uuid.UUID, limit: int) -> list[MediaRecord]:
+        """Up to `limit` records with an id above `after`, in id order (the primary key)."""
+
+    def advance_backfill(self, recipe: int, after: uuid.UUID, finished: bool) -> None: ...
 
     def unsent_events(self, limit: int) -> list[OutboxEvent]: ...
 

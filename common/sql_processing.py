@@ -9,7 +9,20 @@ from collections.abc import Sequence
 from psycopg.types.json import Jsonb
 
 from common.database import Connect, DeadlineConnection, digest_lock_key, translate_errors
-from common.records import UPLOADED_EVENT, ImageJob, OutboxEvent, Outcome, Processing, VariantRow, settled
+from common.records import (
+    MEDIA_COLUMNS,
+    UPLOADED_EVENT,
+    ImageJob,
+    MediaRecord,
+    OutboxEvent,
+    Outcome,
+    Processing,
+    VariantRow,
+    media_record,
+    settled,
+)
+
+_NO_ID = uuid.UUID(int=0)  # before every record, in the backfill's primary-key order
 
 
 class ProcessingScope:
@@ -19,11 +32,7 @@ class ProcessingScope:
 
     def enqueue_processing(self, sha256: str, recipe: int, content_type: str, media_id: uuid.UUID) -> None:
         with translate_errors(), self._conn.transaction():
-            self._conn.execute(
-                "INSERT INTO image_jobs (sha256, recipe, content_type) VALUES (%s, %s, %s)"
-                " ON CONFLICT (sha256, recipe) DO NOTHING",
-                (sha256, recipe, content_type),
-            )
+            self.enqueue_job(sha256, recipe, content_type)
             self._conn.execute(
                 "INSERT INTO outbox (type, subject, data) VALUES (%s, %s, %s)",
                 (
@@ -32,6 +41,25 @@ class ProcessingScope:
                     Jsonb({"id": str(media_id), "sha256": sha256, "content_type": content_type}),
                 ),
             )
+
+    def enqueue_job(self, sha256: str, recipe: int, content_type: str) -> bool:
+        with translate_errors():
+            cur = self._conn.execute(
+                "INSERT INTO image_jobs (sha256, recipe, content_type) VALUES (%s, %s, %s)"
+                " ON CONFLICT (sha256, recipe) DO NOTHING",
+                (sha256, recipe, content_type),
+            )
+        return cur.rowcount == 1
+
+    def release_superseded(self, sha256: str, recipe: int) -> list[str]:
+        with translate_errors():
+            rows = self._conn.execute(
+                "WITH jobs AS (DELETE FROM image_jobs WHERE sha256 = %(sha)s AND recipe < %(recipe)s)"
+                " DELETE FROM image_variants WHERE sha256 = %(sha)s AND recipe < %(recipe)s"
+                " RETURNING variant_sha256",
+                {"sha": sha256, "recipe": recipe},
+            ).fetchall()
+        return sorted({str(r["variant_sha256"]) for r in rows})
 
     def release_processing(self, sha256: str) -> list[str]:
         return sorted({v.sha256 for v in self.release_variants(sha256)})
@@ -129,6 +157,35 @@ class ProcessingQueries:
             ).fetchall()
         variants = tuple(VariantRow(**r) for r in rows) if job["state"] == "done" else ()
         return Processing(**job, variants=variants)
+
+    def backfill_position(self, recipe: int) -> uuid.UUID | None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO processing_backfill (recipe) VALUES (%s) ON CONFLICT (recipe) DO NOTHING",
+                (recipe,),
+            )
+            row = conn.execute(
+                "SELECT after_id, finished_at FROM processing_backfill WHERE recipe = %s", (recipe,)
+            ).fetchone()
+        if row is None or row["finished_at"] is not None:
+            return None
+        return row["after_id"] or _NO_ID
+
+    def records_after(self, after: uuid.UUID, limit: int) -> list[MediaRecord]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {MEDIA_COLUMNS} FROM media WHERE id > %s ORDER BY id LIMIT %s",  # noqa: S608
+                (after, limit),
+            ).fetchall()
+        return [media_record(r) for r in rows]
+
+    def advance_backfill(self, recipe: int, after: uuid.UUID, finished: bool) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "UPDATE processing_backfill SET after_id = %s, updated_at = clock_timestamp(),"
+                " finished_at = CASE WHEN %s THEN clock_timestamp() END WHERE recipe = %s",
+                (after, finished, recipe),
+            )
 
     def unsent_events(self, limit: int) -> list[OutboxEvent]:
         with self._conn() as conn:

@@ -17,8 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from common import imaging, media, processing, recipes
+from common import backfill, imaging, media, processing, recipes
 from common.config import Config
+from common.database import digest_lock_key
 from common.events import DRAIN_EVENT, Received, RecordingSink
 from common.records import UPLOADED_EVENT, MediaRecord, OutboxEvent, Outcome
 from common.services import Services, build_services
@@ -219,6 +220,82 @@ def test_a_bomb_and_a_truncated_jpeg_end_failed_and_the_worker_goes_on(svc: Serv
         assert state.variants == ()
     state = svc.repo.processing_of(fine.sha256 or "", imaging.RECIPE)
     assert state is not None and state.state == "done"
+
+
+def _forget_jobs(svc: Services) -> None:
+    """As if the images had been stored before there was a process function (migration 0005)."""
+    with psycopg.connect(svc.config.require_database_url(), autocommit=True) as conn:
+        conn.execute("DELETE FROM image_jobs")
+
+
+def test_images_stored_before_processing_existed_get_their_jobs_from_the_backfill(
+    svc: Services, renders: list[int]
+) -> None:
+    from tests.factories import pdf
+
+    originals = [photo(600 + 10 * i, 400) for i in range(3)]
+    images = [upload(svc, data) for data in originals]
+    shared = upload(svc, originals[0])  # the first one's bytes again: one job for both
+    body, ctype = upload_body(pdf(), "recipe.pdf")
+    document = media.upload_multipart(svc, person(), io.BytesIO(body), ctype)
+    _forget_jobs(svc)
+    assert all(svc.repo.processing_of(r.sha256 or "", imaging.RECIPE) is None for r in images)
+    rounds = []
+    while (enqueued := backfill.backfill(svc.repo, batch=2)) or svc.repo.backfill_position(imaging.RECIPE):
+        rounds.append(enqueued)
+        assert len(rounds) < 10, rounds
+    assert sum(rounds) == 3 and max(rounds) <= 2  # bounded batches; five records, three originals
+    assert svc.repo.backfill_position(imaging.RECIPE) is None and backfill.backfill(svc.repo) == 0
+    assert processing.drain(svc).done == 3 and len(renders) == 3
+    for record in [*images, shared]:
+        state = svc.repo.processing_of(record.sha256 or "", imaging.RECIPE)
+        assert state is not None and state.state == "done" and state.variants
+    assert svc.repo.processing_of(document.sha256 or "", imaging.RECIPE) is None  # not an image
+
+
+def test_the_backfill_stops_at_a_digest_being_committed_and_goes_on_from_it_next_round(
+    svc: Services,
+) -> None:
+    records = sorted((upload(svc, photo(600 + 10 * i, 400)) for i in range(3)), key=lambda r: r.id)
+    _forget_jobs(svc)
+    busy = records[1]
+    with psycopg.connect(svc.config.require_database_url()) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (digest_lock_key(busy.sha256 or ""),))
+        assert backfill.backfill(svc.repo) == 1  # the first record's; the walk stops at the busy one
+        assert svc.repo.backfill_position(imaging.RECIPE) == records[0].id
+        holder.rollback()
+    assert backfill.backfill(svc.repo) == 2
+    assert all(svc.repo.processing_of(r.sha256 or "", imaging.RECIPE) is not None for r in records)
+
+
+def test_a_recipe_bump_processes_every_image_again_and_frees_what_the_old_recipe_made(
+    svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common.records import VariantRow
+
+    record = upload(svc, photo(900, 600))
+    sha = record.sha256 or ""
+    assert processing.drain(svc).done == 1
+    # A variant only recipe 1 made (a format the new recipe dropped, say): its blob must go.
+    old = b"RIFF-an-old-recipe-variant-" + uuid.uuid4().bytes
+    with svc.store.writer(len(old), label="variant") as writer:
+        writer.write(old)
+        staged = writer.finish()
+        with svc.repo.digest_scope(staged.sha256) as scope:
+            svc.store.commit(writer)
+            assert scope.add_variant(sha, 1, VariantRow("webp", 99, 66, staged.size, staged.sha256))
+    monkeypatch.setattr(imaging, "RECIPE", 2)
+    assert svc.repo.processing_of(sha, 2) is None
+    assert backfill.backfill(svc.repo) == 1
+    state = svc.repo.processing_of(sha, 2)
+    assert state is not None and state.state == "pending"
+    assert svc.store.exists(staged.sha256)  # served until the new recipe's variants are made
+    assert processing.drain(svc).done == 1
+    state = svc.repo.processing_of(sha, 2)
+    assert state is not None and state.state == "done" and state.variants
+    assert svc.repo.processing_of(sha, 1) is None
+    assert not svc.store.exists(staged.sha256)
+    assert all(svc.store.exists(v.sha256) for v in state.variants)
 
 
 def test_deleting_the_last_record_releases_the_variants(svc: Services) -> None:
