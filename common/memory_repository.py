@@ -561,6 +561,19 @@ class InMemoryMediaRepository:
                 self.rows[r.id] = replace(r, status="corrupt", failure_reason=reason[:500], updated_at=now)
         return len(hit)
 
+    def remake_variants_of(self, variant_sha256: str) -> int:
+        self._check()
+        with self._guard:
+            jobs = [
+                job
+                for job in self.jobs.values()
+                if any(v.sha256 == variant_sha256 for v in job.variants.values())
+            ]
+            for job in jobs:
+                job.variants = {k: v for k, v in job.variants.items() if v.sha256 != variant_sha256}
+                job.state, job.attempts, job.reason, job.lease_until, job.due = "pending", 0, None, None, 0.0
+        return len(jobs)
+
     def scrub_state(self) -> ScrubState:
         self._check()
         state: ScrubState = getattr(self, "scrub", ScrubState())

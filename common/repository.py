@@ -260,6 +260,10 @@ class MediaRepository(Protocol):
     def mark_corrupt(self, sha256: str, reason: str = CORRUPT_REASON) -> int:
         """The ready records of `sha256` become `corrupt` (with `reason`); how many did."""
 
+    def remake_variants_of(self, variant_sha256: str) -> int:
+        """A variant's bytes rotted: its rows go and their jobs are pending again (a variant can
+        be made anew, unlike an original); how many jobs were."""
+
     def scrub_state(self) -> ScrubState:
         """Where the integrity scrub stands (a fresh state before its first round)."""
 

@@ -16,10 +16,11 @@ configuration, 130 interrupted.
 
 A mismatch is confirmed under the digest's lock (an upload of the same bytes to the volume may have
 just replaced the file, which heals it), then its ready records become `corrupt` (their content
-answers 410 `content-corrupt`), the blob is moved to quarantine (`BlobStore.quarantine`), and it is
-logged and counted (`media_scrub_mismatches_total`). A record stays `corrupt` until it is deleted;
-an upload of the right bytes afterwards stores a good copy for its own, new record. A referenced
-blob that is missing is logged, not counted as a mismatch.
+answers 410 `content-corrupt`), a variant's rows go and the jobs that made them are pending again
+(the drain makes it anew; meanwhile the original is served), the blob is moved to quarantine
+(`BlobStore.quarantine`), and it is logged and counted (`media_scrub_mismatches_total`). A record
+stays `corrupt` until it is deleted; an upload of the right bytes afterwards stores a good copy for
+its own, new record. A referenced blob that is missing is logged, not counted as a mismatch.
 """
 
 from __future__ import annotations
@@ -134,14 +135,17 @@ def check_blob(
         if again.matches(sha256):
             return "ok", read + again.size  # replaced by an upload of the same bytes: healed
         marked = repo.mark_corrupt(sha256)
+        remade = repo.remake_variants_of(sha256)
         store.quarantine(sha256)
     metrics.system(metrics.SCRUB_MISMATCHES)
     log.error(
-        "blob %s is corrupt: %d bytes hash to %s; quarantined, %d record(s) marked corrupt",
+        "blob %s is corrupt: %d bytes hash to %s; quarantined, %d record(s) marked corrupt,"
+        " %d image(s) to make its variants again",
         sha256,
         again.size,
         again.actual,
         marked,
+        remade,
     )
     return "mismatch", read + again.size
 

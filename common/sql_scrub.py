@@ -19,6 +19,19 @@ class ScrubQueries:
             )
         return cur.rowcount
 
+    def remake_variants_of(self, variant_sha256: str) -> int:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "WITH dropped AS (DELETE FROM image_variants WHERE variant_sha256 = %s"
+                " RETURNING sha256, recipe) UPDATE image_jobs AS j SET state = 'pending', attempts = 0,"
+                " reason = NULL, lease_until = NULL, next_attempt_at = clock_timestamp(),"
+                " updated_at = clock_timestamp()"
+                " FROM (SELECT DISTINCT sha256, recipe FROM dropped) AS d"
+                " WHERE j.sha256 = d.sha256 AND j.recipe = d.recipe RETURNING j.sha256",
+                (variant_sha256,),
+            ).fetchall()
+        return len(rows)
+
     def scrub_state(self) -> ScrubState:
         with self._conn() as conn:
             row = conn.execute(

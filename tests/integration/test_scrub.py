@@ -70,6 +70,41 @@ def read(store: BlobStore, sha256: str) -> bytes:
         return f.read()
 
 
+def test_a_rotten_variant_is_quarantined_and_made_again(svc: Services) -> None:
+    """A variant can be made anew, unlike an original: its rows go, its job is pending again (the
+    original is served meanwhile, never a missing blob), and the drain makes it again."""
+    from common import imaging, processing
+    from tests.factories import photo
+
+    api = api_client(svc)
+    tok = token()
+    body, ctype = upload_body(photo(700, 500), "dish.jpg")
+    doc = api.post("/media", data=body, content_type=ctype, headers=bearer(tok)).get_json()
+    assert processing.drain(svc).done == 1
+    made = svc.repo.processing_of(doc["sha256"], imaging.RECIPE)
+    assert made is not None and made.state == "done"
+    victim = next(v for v in made.variants if (v.format, v.width) == ("webp", 640))
+    rot(svc.store, victim.sha256)
+
+    assert scrub.check_blob(svc.store, svc.repo, victim.sha256)[0] == "mismatch"
+    assert not svc.store.exists(victim.sha256)
+    state = svc.repo.processing_of(doc["sha256"], imaging.RECIPE)
+    assert state is not None and state.state == "pending"
+    served = api.get(f"/media/{doc['id']}/content?w=640&format=webp", headers=bearer(tok))
+    assert served.status_code == 200 and served.data == read(svc.store, doc["sha256"])  # the original
+    meta = api.get(f"/media/{doc['id']}", headers=bearer(tok)).get_json()
+    assert meta["status"] == "ready" and meta["processing"] == "pending"  # the record is not corrupt
+
+    assert processing.drain(svc).done == 1
+    again = svc.repo.processing_of(doc["sha256"], imaging.RECIPE)
+    assert again is not None and again.state == "done"
+    remade = next(v for v in again.variants if (v.format, v.width) == ("webp", 640))
+    found = svc.store.verify(remade.sha256)
+    assert found is not None and found.matches(remade.sha256)
+    served = api.get(f"/media/{doc['id']}/content?w=640&format=webp", headers=bearer(tok))
+    assert served.status_code == 200 and served.headers["Content-Type"] == "image/webp"
+
+
 def test_a_rotten_blob_is_quarantined_and_its_content_answers_410(svc: Services) -> None:
     tok = token()
     docs = upload_three(svc, tok)
