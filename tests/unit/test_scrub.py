@@ -205,3 +205,23 @@ def test_the_scrub_tick_scrubs_once_per_round_and_not_at_all_at_zero() -> None:
     assert repo.scrub_state().pass_finished_at is not None
     assert "scrub" in repo.task_runs
     assert not repo.claim_task(scrub.TASK, on.config.temp_sweep_interval_seconds)  # this round's taken
+
+
+def test_a_flipped_variant_puts_its_job_back_to_pending_and_its_record_stays_ready(svc: Services) -> None:
+    from common.records import VariantRow
+
+    store, repo = parts(svc)
+    record = upload(svc, ALICE, png())
+    original = record.sha256 or ""
+    with store.writer(64, label="variant") as writer:
+        writer.write(b"RIFF....WEBPVP8 a variant")
+        variant = writer.finish().sha256
+        store.commit(writer)
+    with repo.digest_scope(variant) as scope:
+        assert scope.add_variant(original, 1, VariantRow("webp", 320, 240, 25, variant))
+    repo.jobs[original, 1].state = "done"
+    flip(store, variant, at=3)
+    assert scrub.check_blob(store, repo, variant)[0] == "mismatch"
+    state = repo.processing_of(original, 1)
+    assert state is not None and state.state == "pending" and repo.jobs[original, 1].variants == {}
+    assert repo.get(record.id) is not None and repo.get(record.id).status == "ready"  # type: ignore[union-attr]
