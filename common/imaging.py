@@ -4,19 +4,34 @@ a child process that a hostile image can only kill itself.
 What is made, for an original of width W (the recipe, `RECIPE`; its version keys the work):
 - AVIF and WebP at each of `WIDTHS` not wider than W (never upscaled), and a JPEG at 1280 (or W
   when narrower) for the browsers that take neither;
+- an original of a type browsers cannot show (`UNDISPLAYABLE`: HEIC/HEIF) always gets variants:
+  narrower than the narrowest width, AVIF, WebP and JPEG at its own width (still never upscaled),
+  and its JPEG is kept even when larger than the original (a JPEG often is larger than a HEIC),
+  so there is always something a browser can show; any other original narrower than 320 px gets
+  none (it is served itself);
 - EXIF orientation applied, so the pixels come out upright; every other piece of metadata (EXIF
   with its GPS tags, XMP, IPTC, comments) dropped; a colour profile converted to sRGB, and the
   sRGB profile kept;
 - `width`/`height` (upright), a BlurHash placeholder and the dominant colour.
 A quality gate (`keep`) drops a variant larger than the next-wider one of its format, larger than
-the original, or of the wrong dimensions.
+the original (but that required JPEG), or of the wrong dimensions.
+
+Memory (a 24 MP photo must stay under 300 MiB of peak RSS): a JPEG is decoded already shrunk to
+the widest variant (DCT scaling); any other format is decoded whole, once, and that full-size
+image is only ever resized, to the widest variant, and then dropped. Everything else (EXIF
+orientation, the mode conversion, the colour profile to sRGB, the BlurHash, the dominant colour)
+works on that widest variant, and each narrower width is resized from the one above it. A WebP
+is decoded by libwebp's simple API into one buffer (`_webp_pixels`): Pillow's binding holds three
+full-size copies at once.
 
 Pillow, with pillow-heif for HEIC/HEIF, was chosen over libvips after measuring both on the same
-photos (`make bench`, bench/imaging.py, one core): JPEG originals alike (12 MP: 53 ms/MP each,
-peak RSS 134 MiB Pillow, 147 MiB libvips; 24 MP: 28 vs 26 ms/MP, 151 vs 153 MiB), a full PNG decode
-in libvips' favour (79 vs 57 ms/MP, 226 vs 163 MiB); but the self-contained libvips wheel
-(pyvips-binary) cannot decode HEIC at all (no HEVC decoder), and iPhones upload HEIC. One library
-for every format, both targets met (< 150 ms/MP, < 300 MiB at 24 MP).
+photos (`make bench`, bench/imaging.py, one core, Pillow in-process vs libvips): JPEG originals
+alike (12 MP: 54 vs 55 ms/MP, peak RSS 106 vs 146 MiB; 24 MP: 26 vs 26 ms/MP, 98 vs 149 MiB), full
+decodes faster with libvips (24 MP PNG: 38 vs 31 ms/MP, 161 vs 186 MiB; 24 MP WebP: 46 vs
+38 ms/MP, 198 vs 137 MiB); but the self-contained libvips wheel (pyvips-binary) cannot decode HEIC
+at all (no HEVC decoder), and iPhones upload HEIC (24 MP: 78 ms/MP, 242 MiB). One library for every
+format. Through `render_isolated` (the child's start-up included: 0.07 s, 25 MiB) every photo
+meets both targets (< 150 ms/MP; < 300 MiB at 24 MP: JPEG 92, PNG 154, WebP 190, HEIC 235 MiB).
 
 Safety (`render_isolated`): the decoder runs in a child process (`python -m common.imaging`) whose
 address space is capped (`RLIMIT_AS`) and whose run is timed out; the pixel count is checked
@@ -27,8 +42,11 @@ with a reason.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -38,7 +56,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-RECIPE = 1  # bump when what is made changes: every original is then processed again
+# Bump when what is made changes: every original is then processed again (`backfill.py`).
+# 2: a HEIC/HEIF narrower than 320 px gets variants too (1 made none), and only the widest variant
+# is made from the full-size pixels.
+RECIPE = 2
 WIDTHS = (320, 640, 1280, 1920)
 FALLBACK_WIDTH = 1280  # the JPEG
 FORMATS = {"avif": "image/avif", "webp": "image/webp", "jpeg": "image/jpeg"}
@@ -47,6 +68,8 @@ AVIF_SPEED = 8  # libavif's 0-10: 8 halves the time of the default 6 for ~0.3 dB
 # Raster types only: never SVG, PDF or anything that can carry scripts. GIF is left out (animated
 # images would lose their frames); it is served as it is.
 PROCESSABLE = frozenset({"image/jpeg", "image/png", "image/webp", "image/avif", "image/heic", "image/heif"})
+# What most browsers cannot show: such an original always gets variants, a JPEG among them.
+UNDISPLAYABLE = frozenset({"image/heic", "image/heif"})
 
 
 class ImageRejected(Exception):
@@ -71,6 +94,8 @@ class Spec:
     format: str  # avif | webp | jpeg
     width: int
     height: int
+    # Kept even when larger than the original: the JPEG of an original browsers cannot show.
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,17 +122,22 @@ def scaled_height(width: int, height: int, to_width: int) -> int:
     return max(1, round(height * to_width / width))
 
 
-def plan(width: int, height: int) -> list[Spec]:
-    """The variants of an upright `width` x `height` original, widest first within a format."""
+def plan(width: int, height: int, *, displayable: bool = True) -> list[Spec]:
+    """The variants of an upright `width` x `height` original, widest first within a format.
+    `displayable`: whether browsers can show the original itself (not so a HEIC, `UNDISPLAYABLE`):
+    if not, it gets variants whatever its width, at its own width when narrower than the
+    narrowest of `WIDTHS` (never upscaled), and its JPEG is `required`."""
     widths = [w for w in WIDTHS if w <= width]
+    if not widths and not displayable:
+        widths = [width]
     specs = [
         Spec(fmt, w, scaled_height(width, height, w))
         for fmt in ("avif", "webp")
         for w in sorted(widths, reverse=True)
     ]
     fallback = min(FALLBACK_WIDTH, width)
-    if widths:  # an image narrower than the narrowest width gets nothing: its original is served
-        specs.append(Spec("jpeg", fallback, scaled_height(width, height, fallback)))
+    if widths:  # a displayable image narrower than the narrowest width gets nothing: it is served
+        specs.append(Spec("jpeg", fallback, scaled_height(width, height, fallback), required=not displayable))
     return specs
 
 
@@ -123,14 +153,21 @@ class Made:
 
 def keep(made: Sequence[Made], planned: Sequence[Spec], original_size: int) -> list[bool]:
     """The quality gate, one answer per variant (in `made`'s order): dropped when of the wrong
-    dimensions, larger than the original, or larger than the next-wider kept one of its format."""
-    expected = {(s.format, s.width): s.height for s in planned}
+    dimensions, larger than the original (unless its spec is `required`: the only variant some
+    browsers can show of an original they cannot), or larger than the next-wider kept one of its
+    format."""
+    expected = {(s.format, s.width): s for s in planned}
     verdicts = [False] * len(made)
     narrowest_kept: dict[str, int] = {}  # format -> the size of the last one kept, widest first
     for i in sorted(range(len(made)), key=lambda i: (made[i].format, -made[i].width)):
         v = made[i]
-        ceiling = narrowest_kept.get(v.format, original_size)
-        if expected.get((v.format, v.width)) == v.height and v.size <= min(ceiling, original_size):
+        spec = expected.get((v.format, v.width))
+        if spec is None or spec.height != v.height:
+            continue
+        ceiling = narrowest_kept.get(v.format)
+        if not spec.required:
+            ceiling = original_size if ceiling is None else min(ceiling, original_size)
+        if ceiling is None or v.size <= ceiling:
             verdicts[i] = True
             narrowest_kept[v.format] = v.size
     return verdicts
@@ -140,34 +177,22 @@ def keep(made: Sequence[Made], planned: Sequence[Spec], original_size: int) -> l
 
 
 def render(original: Path, out: Path, limits: Limits = Limits()) -> Rendition:
-    """Decode `data`, make every planned variant into `out`, and describe them. ImageRejected
-    when the image is refused (too many pixels, not an image, truncated, an unknown format)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode the file `original`, make every planned variant into `out`, and describe them.
+    ImageRejected when the image is refused (too many pixels, not an image, truncated, an unknown
+    format)."""
+    from PIL import Image, UnidentifiedImageError
 
     _register_heif()
     Image.MAX_IMAGE_PIXELS = None  # checked here, from the header, with our own limit
     try:
-        image = Image.open(original)  # read as decoded: never the whole file in memory at once
-        if image.width * image.height > limits.max_pixels:
-            raise ImageRejected(
-                f"{image.width} x {image.height} pixels is over the limit of {limits.max_pixels}"
-            )
-        turned = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
-        width, height = (image.height, image.width) if turned else image.size  # upright
-        if image.format == "JPEG":
-            # Decode already shrunk (JPEG's DCT scaling, by 2, 4 or 8) to no less than the
-            # widest variant: most of a large photo's decoding time and memory.
-            widest = min(max(WIDTHS), width)
-            image.draft("RGB", (1, widest) if turned else (widest, 1))
-        image.load()
-        rgb = _srgb(ImageOps.exif_transpose(image))
+        width, height, specs, widest = _widest(original, limits)
     except ImageRejected:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"cannot decode the image: {exc}") from None
-    specs = plan(width, height)
+    blurhash, dominant = _blurhash(widest), _dominant(widest)
     made: list[tuple[Spec, Path]] = []
-    source = rgb
+    source = widest
     for spec in sorted(specs, key=lambda s: -s.width):  # each from the previous: cheaper resizes
         resized = (
             source
@@ -187,7 +212,133 @@ def render(original: Path, out: Path, limits: Limits = Limits()) -> Rendition:
             variants.append(Variant(spec.format, spec.width, spec.height, path))
         else:
             path.unlink()
-    return Rendition(width, height, _blurhash(rgb), _dominant(rgb), tuple(variants))
+    return Rendition(width, height, blurhash, dominant, tuple(variants))
+
+
+def _widest(original: Path, limits: Limits) -> tuple[int, int, list[Spec], Any]:
+    """(the upright width and height, the plan, the widest planned variant's pixels: upright,
+    sRGB, RGB or RGBA, with no metadata; the original's own size when nothing is planned).
+
+    The full-size image lives only in here, and only to be resized once (nothing else touches it:
+    no copy for the orientation, the mode or the colour profile, which work on the result)."""
+    from PIL import Image
+
+    with Image.open(original) as image:  # read as decoded: never the whole file in memory at once
+        if image.width * image.height > limits.max_pixels:
+            raise ImageRejected(
+                f"{image.width} x {image.height} pixels is over the limit of {limits.max_pixels}"
+            )
+        orientation = image.getexif().get(_ORIENTATION, 1)
+        turned = orientation in (5, 6, 7, 8)
+        width, height = (image.height, image.width) if turned else image.size  # upright
+        specs = plan(width, height, displayable=image.get_format_mimetype() not in UNDISPLAYABLE)
+        widest = max(specs, key=lambda s: s.width, default=Spec("", width, height))
+        target = (widest.height, widest.width) if turned else (widest.width, widest.height)  # as stored
+        icc = image.info.get("icc_profile")
+        alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        mode = "RGBA" if alpha else "RGB"
+        webp = image.format == "WEBP"
+        if not webp:
+            if image.format == "JPEG":
+                # Decode already shrunk (JPEG's DCT scaling, by 2, 4 or 8) to no less than the
+                # widest variant: most of a large photo's decoding time and memory.
+                image.draft("RGB", (1, widest.width) if turned else (widest.width, 1))
+            image.load()
+            resized = _to_size(image, mode, target)
+    if webp:
+        del image  # and the copy of the file its decoder holds
+        resized = _to_size(_webp_pixels(original, alpha), mode, target)
+    return width, height, specs, _srgb(_upright(resized, orientation), icc, mode)
+
+
+def _to_size(pixels: Any, mode: str, size: tuple[int, int]) -> Any:
+    """`pixels` resized to `size` (a new image, whatever its size), converted to `mode` first
+    when Pillow would not resize them as they are."""
+    from PIL import Image
+
+    if pixels.mode not in _RESIZABLE:  # palette, 16-bit, CMYK: converted first, once
+        pixels = pixels.convert(mode)
+    return pixels.copy() if pixels.size == size else pixels.resize(size, Image.Resampling.LANCZOS)
+
+
+# What Pillow resizes as it is: a palette would be resized by its indices (nearest neighbour).
+_RESIZABLE = frozenset({"RGB", "RGBA", "RGBX", "L", "LA"})
+
+
+def _webp_pixels(original: Path, alpha: bool) -> Any:
+    """A WebP's pixels, decoded once into one buffer: libwebp's own `WebPDecodeRGB(A)Into` (its
+    stable C API since 0.1), the library Pillow itself loaded. Pillow's binding decodes through
+    libwebp's animation decoder, which holds two full-size canvases besides the frame it returns
+    (276 MiB at 24 MP, over the 300 MiB a 24 MP photo may take with the interpreter); this holds
+    the frame alone (92 MiB as RGBA, 69 as RGB). An animated WebP (the simple API refuses it), or a
+    Pillow whose libwebp cannot be found, is decoded through Pillow (`_pillow_webp_frame`): its
+    first frame."""
+    from PIL import Image
+
+    data = original.read_bytes()
+    lib = _libwebp()
+    if lib is not None:
+        width, height = ctypes.c_int(), ctypes.c_int()
+        if lib.WebPGetInfo(data, len(data), ctypes.byref(width), ctypes.byref(height)):
+            mode = "RGBA" if alpha else "RGB"
+            stride = width.value * len(mode)
+            pixels = bytearray(stride * height.value)
+            into = lib.WebPDecodeRGBAInto if alpha else lib.WebPDecodeRGBInto
+            target = (ctypes.c_uint8 * len(pixels)).from_buffer(pixels)
+            if into(data, len(data), target, len(pixels), stride):
+                del target  # the buffer is the image's now
+                return Image.frombuffer(mode, (width.value, height.value), pixels, "raw", mode, 0, 1)
+            del target
+    return _pillow_webp_frame(data)
+
+
+@cache
+def _libwebp() -> ctypes.CDLL | None:
+    """Pillow's libwebp (loaded with its `_webp` module; found in this process's map, wherever the
+    wheel put it), or the system's; None when neither is there."""
+    from PIL import _webp  # noqa: F401 - loads Pillow's libwebp into this process
+
+    loaded = re.compile(r"\s(/\S*/libwebp(?:-[0-9a-f]+)?\.so[.0-9]*)$")
+    maps = Path("/proc/self/maps")
+    found = [
+        m.group(1)
+        for line in (maps.read_text().splitlines() if maps.exists() else ())
+        if (m := loaded.search(line))
+    ]
+    path = found[0] if found else ctypes.util.find_library("webp")
+    if path is None:
+        return None
+    lib = ctypes.CDLL(path)
+    lib.WebPGetInfo.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.POINTER(ctypes.c_int),
+    ]
+    lib.WebPGetInfo.restype = ctypes.c_int
+    for name in ("WebPDecodeRGBAInto", "WebPDecodeRGBInto"):
+        into = getattr(lib, name)
+        into.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_uint8),
+            ctypes.c_size_t,
+            ctypes.c_int,
+        ]
+        into.restype = ctypes.c_void_p  # the output buffer, or NULL when it cannot decode
+    return lib
+
+
+def _pillow_webp_frame(data: bytes) -> Any:
+    """The first frame of a WebP through Pillow's binding, as an image over the frame's own bytes
+    (Pillow's loader would copy them once more while its decoder is alive)."""
+    from PIL import Image, _webp
+
+    decoder = _webp.WebPAnimDecoder(data)
+    size, _loop, _background, _frames, rawmode = decoder.get_info()
+    frame, _timestamp = decoder.get_next()  # OSError when it cannot
+    del decoder
+    return Image.frombuffer(rawmode, size, frame, "raw", rawmode, 0, 1)
 
 
 def _register_heif() -> None:
@@ -199,14 +350,29 @@ def _register_heif() -> None:
 _ORIENTATION = 0x0112  # the EXIF tag
 
 
-def _srgb(image: Any) -> Any:
-    """RGB or RGBA pixels in sRGB, with no metadata but the sRGB profile."""
-    from PIL import Image, ImageCms
+def _upright(image: Any, orientation: int) -> Any:
+    """`image` turned as EXIF `orientation` says (what ImageOps.exif_transpose does, without
+    reading the tag again from the resized image or copying an upright one)."""
+    from PIL import Image
 
-    icc = image.info.get("icc_profile")
-    alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    mode = "RGBA" if alpha else "RGB"
-    converted = image.convert(mode)
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+def _srgb(image: Any, icc: bytes | None, mode: str) -> Any:
+    """`image` as `mode` (RGB or RGBA) pixels in sRGB, from its colour profile `icc`, with no
+    metadata (the encoders add the sRGB profile)."""
+    from PIL import ImageCms
+
+    converted = image if image.mode == mode else image.convert(mode)
     if icc:
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -215,10 +381,8 @@ def _srgb(image: Any) -> Any:
             )
         except (ImageCms.PyCMSError, OSError):
             pass  # an unreadable profile: the pixels as they are
-    clean = Image.new(mode, converted.size)
-    clean.paste(converted)
-    clean.info = {}
-    return clean
+    converted.info = {}
+    return converted
 
 
 @cache

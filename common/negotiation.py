@@ -9,7 +9,10 @@ display size or a format:
   the original itself. Such answers carry `Vary: Accept`;
 - `?format=webp` alone: the widest WebP.
 A variant that was not made (yet, or ever) falls back to the original: never a 404, and never a
-resize on the fly, which is how image services get brought down by resize requests.
+resize on the fly, which is how image services get brought down by resize requests. An original
+most browsers cannot show (HEIC/HEIF, `imaging.UNDISPLAYABLE`) has its JPEG stand in for it
+instead, whenever there is one: after AVIF and WebP in negotiation, unless `Accept` names the
+original's own type; and for a `format` that was not made.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from common.imaging import FORMATS
+from common.imaging import FORMATS, UNDISPLAYABLE
 from common.problems import BadRequest
 from common.records import VariantRow
 
@@ -79,8 +82,10 @@ def choose(variants: Sequence[VariantRow], original_type: str, want: Wanted, acc
     by_format: dict[str, list[VariantRow]] = {}
     for v in variants:
         by_format.setdefault(v.format, []).append(v)
+    # What stands in for an original most browsers cannot show: its JPEG (None: the original).
+    stand_in = _nearest(by_format.get("jpeg", []), want.width) if original_type in UNDISPLAYABLE else None
     if want.format is not None:
-        return Choice(_nearest(by_format.get(want.format, []), want.width), False)
+        return Choice(_nearest(by_format.get(want.format, []), want.width) or stand_in, False)
     named = named_types(accept)
     for fmt in NEGOTIATED:
         if named.get(FORMATS[fmt], 0.0) > 0 and fmt in by_format:
@@ -88,7 +93,9 @@ def choose(variants: Sequence[VariantRow], original_type: str, want: Wanted, acc
     own = next((fmt for fmt, kind in FORMATS.items() if kind == original_type), None)
     if own is not None and own in by_format:
         return Choice(_nearest(by_format[own], want.width), True)
-    return Choice(None, True)
+    if named.get(original_type, 0.0) > 0:  # a client that shows HEIC itself gets the original
+        return Choice(None, True)
+    return Choice(stand_in, True)
 
 
 def _nearest(candidates: Sequence[VariantRow], width: int | None) -> VariantRow | None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psycopg
 
+from common.imaging import RECIPE
+
 
 @dataclass(frozen=True)
 class Blob:
@@ -73,13 +75,15 @@ def seed_at_scale(url: str, records: int, users: int) -> None:
         )
         conn.execute(
             "INSERT INTO image_jobs (sha256, recipe, content_type, state, width, height)"
-            " SELECT sha256, 1, content_type, 'done', 1600, 1200 FROM media"
-            " WHERE content_type = 'image/jpeg' AND owner IN ('user-42', 'user-43') OR (size % 10 = 0)"
-            " ON CONFLICT DO NOTHING"
+            " SELECT sha256, %s, content_type, 'done', 1600, 1200 FROM media"
+            " WHERE content_type = 'image/jpeg' AND owner IN ('user-42', 'user-43') OR (size %% 10 = 0)"
+            " ON CONFLICT DO NOTHING",
+            (RECIPE,),
         )
         conn.execute(
             "INSERT INTO image_variants (sha256, recipe, format, width, height, size, variant_sha256)"
-            " SELECT j.sha256, 1, f, w, w * 3 / 4, 500, md5(j.sha256 || f || w) || md5(f || w || j.sha256)"
+            " SELECT j.sha256, j.recipe, f, w, w * 3 / 4, 500,"
+            " md5(j.sha256 || f || w) || md5(f || w || j.sha256)"
             " FROM image_jobs j, unnest(ARRAY['avif', 'webp']) AS f, unnest(ARRAY[320, 640, 1280]) AS w"
         )
         conn.execute(

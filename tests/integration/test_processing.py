@@ -273,6 +273,7 @@ def test_a_recipe_bump_processes_every_image_again_and_frees_what_the_old_recipe
 ) -> None:
     from common.records import VariantRow
 
+    old_recipe = imaging.RECIPE
     record = upload(svc, photo(900, 600))
     sha = record.sha256 or ""
     assert processing.drain(svc).done == 1
@@ -283,17 +284,18 @@ def test_a_recipe_bump_processes_every_image_again_and_frees_what_the_old_recipe
         staged = writer.finish()
         with svc.repo.digest_scope(staged.sha256) as scope:
             svc.store.commit(writer)
-            assert scope.add_variant(sha, 1, VariantRow("webp", 99, 66, staged.size, staged.sha256))
-    monkeypatch.setattr(imaging, "RECIPE", 2)
-    assert svc.repo.processing_of(sha, 2) is None
+            assert scope.add_variant(sha, old_recipe, VariantRow("webp", 99, 66, staged.size, staged.sha256))
+    new_recipe = old_recipe + 1
+    monkeypatch.setattr(imaging, "RECIPE", new_recipe)
+    assert svc.repo.processing_of(sha, new_recipe) is None
     assert backfill.backfill(svc.repo) == 1
-    state = svc.repo.processing_of(sha, 2)
+    state = svc.repo.processing_of(sha, new_recipe)
     assert state is not None and state.state == "pending"
     assert svc.store.exists(staged.sha256)  # served until the new recipe's variants are made
     assert processing.drain(svc).done == 1
-    state = svc.repo.processing_of(sha, 2)
+    state = svc.repo.processing_of(sha, new_recipe)
     assert state is not None and state.state == "done" and state.variants
-    assert svc.repo.processing_of(sha, 1) is None
+    assert svc.repo.processing_of(sha, old_recipe) is None
     assert not svc.store.exists(staged.sha256)
     assert all(svc.store.exists(v.sha256) for v in state.variants)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from common import accounts, erasure, media, presigned, processing
+from common import accounts, erasure, imaging, media, presigned, processing
 from common.cas import InMemoryBlobStore
 from common.memory_repository import InMemoryMediaRepository
 from common.problems import Forbidden, NotFound
@@ -51,7 +51,7 @@ def test_erasing_one_user_keeps_the_bytes_another_user_also_uploaded(
     presigned.presign(svc, ALICE, {"filename": "p.png", "content_type": "image/png", "size": 10})
     processing.drain(svc)  # the images' variants: blobs of their own, freed with their original
     before = stored(svc)
-    variants_of_own = svc.repo.processing_of(mine.sha256 or "", 1)
+    variants_of_own = svc.repo.processing_of(mine.sha256 or "", imaging.RECIPE)
     assert variants_of_own is not None and variants_of_own.variants
     freed_variants = sum(v.size for v in variants_of_own.variants)
 

@@ -64,3 +64,36 @@ def test_accept_parsing_keeps_q_and_leaves_wildcards_out() -> None:
         "image/avif": 1.0,
     }
     assert named_types("image/webp;q=x") == {"image/webp": 0.0}
+
+
+SMALL_HEIC = [variant("avif", 300), variant("webp", 300), variant("jpeg", 300)]
+
+
+@pytest.mark.parametrize("original_type", ["image/heic", "image/heif"])
+@pytest.mark.parametrize("accept", ["*/*", None, "image/png,image/*;q=0.8"])
+def test_a_heic_original_is_stood_in_for_by_its_jpeg_when_nothing_better_is_accepted(
+    original_type: str, accept: str | None
+) -> None:
+    choice = choose(SET, original_type, Wanted(width=600), accept)
+    assert choice == Choice(variant("jpeg", 1280), True)
+    assert choose(SMALL_HEIC, original_type, Wanted(width=600), accept) == Choice(variant("jpeg", 300), True)
+
+
+def test_a_heic_still_gets_avif_or_webp_first_and_itself_only_when_accept_names_it() -> None:
+    assert choose(SMALL_HEIC, "image/heic", Wanted(width=320), BROWSER).variant == variant("avif", 300)
+    assert choose(SMALL_HEIC, "image/heic", Wanted(width=320), "image/webp").variant == variant("webp", 300)
+    safari_heic = "image/heic,image/png;q=0.9,*/*;q=0.5"  # a client that shows HEIC itself
+    assert choose(SMALL_HEIC, "image/heic", Wanted(width=320), safari_heic) == Choice(None, True)
+    refused = "image/heic;q=0,*/*"
+    assert choose(SMALL_HEIC, "image/heic", Wanted(width=320), refused) == Choice(variant("jpeg", 300), True)
+    assert choose([], "image/heic", Wanted(width=320), "*/*") == Choice(None, True)  # not made yet
+
+
+def test_a_format_a_heic_lacks_is_its_jpeg_and_a_png_still_gets_itself() -> None:
+    jpeg_only = [variant("jpeg", 300)]  # its AVIF and WebP dropped by the gate
+    assert choose(jpeg_only, "image/heic", Wanted(format="webp"), None) == Choice(variant("jpeg", 300), False)
+    assert choose(jpeg_only, "image/png", Wanted(format="webp"), None) == Choice(None, False)
+    assert choose(SMALL_HEIC, "image/heic", Wanted(format="webp"), None) == Choice(
+        variant("webp", 300), False
+    )
+    assert choose(SMALL_HEIC, "image/heic", Wanted(), "*/*") == Choice(None, False)  # no query: the original

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client import REGISTRY
 
-from common import media, scrub
+from common import imaging, media, scrub
 from common.cas import InMemoryBlobStore
 from common.maintenance import maintain, scrub_tick
 from common.memory_repository import InMemoryMediaRepository
@@ -218,10 +218,12 @@ def test_a_flipped_variant_puts_its_job_back_to_pending_and_its_record_stays_rea
         variant = writer.finish().sha256
         store.commit(writer)
     with repo.digest_scope(variant) as scope:
-        assert scope.add_variant(original, 1, VariantRow("webp", 320, 240, 25, variant))
-    repo.jobs[original, 1].state = "done"
+        assert scope.add_variant(original, imaging.RECIPE, VariantRow("webp", 320, 240, 25, variant))
+    repo.jobs[original, imaging.RECIPE].state = "done"
     flip(store, variant, at=3)
     assert scrub.check_blob(store, repo, variant)[0] == "mismatch"
-    state = repo.processing_of(original, 1)
-    assert state is not None and state.state == "pending" and repo.jobs[original, 1].variants == {}
+    state = repo.processing_of(original, imaging.RECIPE)
+    assert (
+        state is not None and state.state == "pending" and repo.jobs[original, imaging.RECIPE].variants == {}
+    )
     assert repo.get(record.id) is not None and repo.get(record.id).status == "ready"  # type: ignore[union-attr]
