@@ -1,5 +1,6 @@
-"""The targets of issue #19 as one table, judged from one run of `bench.rehearsal` (pure: the
-run's figures in, the rows out; tests/unit/test_bench_targets.py)."""
+"""The targets of issue #19 as one table, judged from one run of `bench.rehearsal`, and those of
+issue #16 (image variants) from one run of `bench.imaging` (pure: the run's figures in, the rows
+out; tests/unit/test_bench_targets.py)."""
 
 from __future__ import annotations
 
@@ -57,8 +58,29 @@ def targets_table(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def print_targets(rows: list[dict[str, Any]]) -> None:
-    print("\nTargets (issue #19), from this run")
+# Issue #16: the full variant set of one photo on one core, and the peak RSS for a 24 MP one.
+IMAGING_MS_PER_MP = 150
+IMAGING_PEAK_RSS_MIB = 300
+IMAGING_RSS_MEGAPIXELS = 24  # the RSS target is for photos this large (and larger)
+
+
+def imaging_targets(rows: list[dict[str, Any]], engine: str) -> list[dict[str, Any]]:
+    """bench.imaging's rows of `engine` (the service's own path), one per photo, each against the
+    targets of issue #16: < 150 ms/MP for the whole set, and for 24 MP photos < 300 MiB peak RSS."""
+    table: list[dict[str, Any]] = []
+    for r in rows:
+        if r["engine"] != engine:
+            continue
+        large = r["megapixels"] >= IMAGING_RSS_MEGAPIXELS
+        value = f"{r['ms_per_mp']} ms/MP" + (f", peak {r['peak_rss_mib']} MiB" if large else "")
+        target = f"< {IMAGING_MS_PER_MP} ms/MP" + (f", < {IMAGING_PEAK_RSS_MIB} MiB" if large else "")
+        met = r["ms_per_mp"] < IMAGING_MS_PER_MP and (not large or r["peak_rss_mib"] < IMAGING_PEAK_RSS_MIB)
+        table.append({"figure": f"{r['photo']}, {engine}", "value": value, "target": target, "met": met})
+    return table
+
+
+def print_targets(rows: list[dict[str, Any]], title: str = "Targets (issue #19), from this run") -> None:
+    print(f"\n{title}")
     width = max(len(row["figure"]) for row in rows)
     value_width = max(len(row["value"]) for row in rows)
     print(f"  {'figure':<{width}}  {'this run':<{value_width}}  {'target':<28} met")

@@ -1,10 +1,11 @@
-"""make bench's targets table (issue #19): each row is judged against its target, from one run."""
+"""make bench's targets tables (issues #19 and #16): each row is judged against its target, from one
+run."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.targets import targets_table
+from bench.targets import imaging_targets, targets_table
 
 
 def run(
@@ -55,3 +56,35 @@ def test_errors_fail_a_throughput_row_whatever_its_speed() -> None:
     r["metadata"][1] = {**r["metadata"][1], "non_2xx": 3}
     rows = {row["figure"]: row["met"] for row in targets_table(r)}
     assert not rows["metadata GET, c=16"]
+
+
+def imaging_row(photo: str, engine: str, megapixels: float, ms_per_mp: int, rss: int) -> dict[str, Any]:
+    return {
+        "photo": photo,
+        "engine": engine,
+        "megapixels": megapixels,
+        "ms_per_mp": ms_per_mp,
+        "peak_rss_mib": rss,
+    }
+
+
+def test_the_imaging_targets_judge_the_service_path_per_photo() -> None:
+    rows = [
+        imaging_row("12 MP PNG", "render_isolated", 12.0, 90, 400),  # RSS is judged at 24 MP only
+        imaging_row("24 MP PNG", "render_isolated", 24.0, 149, 299),
+        imaging_row("24 MP PNG", "render", 24.0, 500, 900),  # another engine: not in the table
+    ]
+    table = imaging_targets(rows, "render_isolated")
+    assert [(row["figure"], row["met"]) for row in table] == [
+        ("12 MP PNG, render_isolated", True),
+        ("24 MP PNG, render_isolated", True),
+    ]
+    assert table[0]["target"] == "< 150 ms/MP" and table[0]["value"] == "90 ms/MP"
+    assert table[1]["target"] == "< 150 ms/MP, < 300 MiB" and table[1]["value"] == "149 ms/MP, peak 299 MiB"
+
+
+def test_each_imaging_target_fails_on_its_own_figure() -> None:
+    slow = imaging_targets([imaging_row("12 MP JPEG", "render_isolated", 12.0, 150, 100)], "render_isolated")
+    heavy = imaging_targets([imaging_row("24 MP WebP", "render_isolated", 24.0, 60, 300)], "render_isolated")
+    larger = imaging_targets([imaging_row("48 MP PNG", "render_isolated", 48.0, 60, 310)], "render_isolated")
+    assert [slow[0]["met"], heavy[0]["met"], larger[0]["met"]] == [False, False, False]
