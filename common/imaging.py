@@ -21,7 +21,7 @@ the widest variant (DCT scaling); any other format is decoded whole, once, and t
 image is only ever resized, to the widest variant, and then dropped. Everything else (EXIF
 orientation, the mode conversion, the colour profile to sRGB, the BlurHash, the dominant colour)
 works on that widest variant, and each narrower width is resized from the one above it. A WebP
-is decoded by libwebp's simple API into one buffer (`_webp_pixels`): Pillow's binding holds three
+is decoded by libwebp's simple API into one buffer (`webp.py`): Pillow's binding holds three
 full-size copies at once.
 
 Pillow, with pillow-heif for HEIC/HEIF, was chosen over libvips after measuring both on the same
@@ -42,11 +42,8 @@ with a reason.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import json
-import re
 import resource
 import subprocess
 import sys
@@ -55,6 +52,8 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from common import webp
 
 # Bump when what is made changes: every original is then processed again (`backfill.py`).
 # 2: a HEIC/HEIF narrower than 320 px gets variants too (1 made none), and only the widest variant
@@ -237,17 +236,17 @@ def _widest(original: Path, limits: Limits) -> tuple[int, int, list[Spec], Any]:
         icc = image.info.get("icc_profile")
         alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
         mode = "RGBA" if alpha else "RGB"
-        webp = image.format == "WEBP"
-        if not webp:
+        is_webp = image.format == "WEBP"
+        if not is_webp:
             if image.format == "JPEG":
                 # Decode already shrunk (JPEG's DCT scaling, by 2, 4 or 8) to no less than the
                 # widest variant: most of a large photo's decoding time and memory.
                 image.draft("RGB", (1, widest.width) if turned else (widest.width, 1))
             image.load()
             resized = _to_size(image, mode, target)
-    if webp:
+    if is_webp:
         del image  # and the copy of the file its decoder holds
-        resized = _to_size(_webp_pixels(original, alpha), mode, target)
+        resized = _to_size(webp.decode(original, alpha), mode, target)
     return width, height, specs, _srgb(_upright(resized, orientation), icc, mode)
 
 
@@ -263,82 +262,6 @@ def _to_size(pixels: Any, mode: str, size: tuple[int, int]) -> Any:
 
 # What Pillow resizes as it is: a palette would be resized by its indices (nearest neighbour).
 _RESIZABLE = frozenset({"RGB", "RGBA", "RGBX", "L", "LA"})
-
-
-def _webp_pixels(original: Path, alpha: bool) -> Any:
-    """A WebP's pixels, decoded once into one buffer: libwebp's own `WebPDecodeRGB(A)Into` (its
-    stable C API since 0.1), the library Pillow itself loaded. Pillow's binding decodes through
-    libwebp's animation decoder, which holds two full-size canvases besides the frame it returns
-    (276 MiB at 24 MP, over the 300 MiB a 24 MP photo may take with the interpreter); this holds
-    the frame alone (92 MiB as RGBA, 69 as RGB). An animated WebP (the simple API refuses it), or a
-    Pillow whose libwebp cannot be found, is decoded through Pillow (`_pillow_webp_frame`): its
-    first frame."""
-    from PIL import Image
-
-    data = original.read_bytes()
-    lib = _libwebp()
-    if lib is not None:
-        width, height = ctypes.c_int(), ctypes.c_int()
-        if lib.WebPGetInfo(data, len(data), ctypes.byref(width), ctypes.byref(height)):
-            mode = "RGBA" if alpha else "RGB"
-            stride = width.value * len(mode)
-            pixels = bytearray(stride * height.value)
-            into = lib.WebPDecodeRGBAInto if alpha else lib.WebPDecodeRGBInto
-            target = (ctypes.c_uint8 * len(pixels)).from_buffer(pixels)
-            if into(data, len(data), target, len(pixels), stride):
-                del target  # the buffer is the image's now
-                return Image.frombuffer(mode, (width.value, height.value), pixels, "raw", mode, 0, 1)
-            del target
-    return _pillow_webp_frame(data)
-
-
-@cache
-def _libwebp() -> ctypes.CDLL | None:
-    """Pillow's libwebp (loaded with its `_webp` module; found in this process's map, wherever the
-    wheel put it), or the system's; None when neither is there."""
-    from PIL import _webp  # noqa: F401 - loads Pillow's libwebp into this process
-
-    loaded = re.compile(r"\s(/\S*/libwebp(?:-[0-9a-f]+)?\.so[.0-9]*)$")
-    maps = Path("/proc/self/maps")
-    found = [
-        m.group(1)
-        for line in (maps.read_text().splitlines() if maps.exists() else ())
-        if (m := loaded.search(line))
-    ]
-    path = found[0] if found else ctypes.util.find_library("webp")
-    if path is None:
-        return None
-    lib = ctypes.CDLL(path)
-    lib.WebPGetInfo.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.POINTER(ctypes.c_int),
-        ctypes.POINTER(ctypes.c_int),
-    ]
-    lib.WebPGetInfo.restype = ctypes.c_int
-    for name in ("WebPDecodeRGBAInto", "WebPDecodeRGBInto"):
-        into = getattr(lib, name)
-        into.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.POINTER(ctypes.c_uint8),
-            ctypes.c_size_t,
-            ctypes.c_int,
-        ]
-        into.restype = ctypes.c_void_p  # the output buffer, or NULL when it cannot decode
-    return lib
-
-
-def _pillow_webp_frame(data: bytes) -> Any:
-    """The first frame of a WebP through Pillow's binding, as an image over the frame's own bytes
-    (Pillow's loader would copy them once more while its decoder is alive)."""
-    from PIL import Image, _webp
-
-    decoder = _webp.WebPAnimDecoder(data)
-    size, _loop, _background, _frames, rawmode = decoder.get_info()
-    frame, _timestamp = decoder.get_next()  # OSError when it cannot
-    del decoder
-    return Image.frombuffer(rawmode, size, frame, "raw", rawmode, 0, 1)
 
 
 def _register_heif() -> None:

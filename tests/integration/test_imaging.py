@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from common import imaging
+from common import webp
 from common.imaging import ImageRejected, Limits, Rendition, render_isolated
 from localdev.harness import UPRIGHT_CORNER, photo_pixels
 from tests.factories import GPS_IFD, photo, png_declaring
@@ -194,11 +194,11 @@ def test_a_wide_gamut_image_becomes_srgb_and_says_so(tmp_path: Path) -> None:
 def test_a_webp_is_decoded_by_libwebp_into_one_buffer_with_pillow_s_pixels(tmp_path: Path, mode: str) -> None:
     from PIL import ImageChops
 
-    assert imaging._libwebp() is not None  # Pillow's own, found in this process's map
+    assert webp.libwebp() is not None  # Pillow's own, found in this process's map
     path = tmp_path / "dish.webp"
     Image.frombytes(mode, (300, 200), os.urandom(300 * 200 * len(mode))).save(path, "WEBP", quality=80)
-    ours = imaging._webp_pixels(path, alpha=mode == "RGBA")
-    pillows = imaging._pillow_webp_frame(path.read_bytes()).convert(mode)
+    ours = webp.decode(path, alpha=mode == "RGBA")
+    pillows = webp.pillow_frame(path.read_bytes()).convert(mode)
     assert ours.mode == mode and ours.size == (300, 200)
     assert ImageChops.difference(ours, pillows).getbbox() is None  # the very same pixels
 
@@ -207,5 +207,5 @@ def test_an_animated_webp_is_decoded_through_pillow_its_first_frame(tmp_path: Pa
     path = tmp_path / "timer.webp"
     first, second = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
     first.save(path, "WEBP", save_all=True, append_images=[second], lossless=True)
-    pixels = imaging._webp_pixels(path, alpha=False)  # libwebp's simple API refuses animations
+    pixels = webp.decode(path, alpha=False)  # libwebp's simple API refuses animations
     assert pixels.size == (64, 48) and pixels.convert("RGB").getpixel((5, 5)) == (255, 0, 0)
