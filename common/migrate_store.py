@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TextIO
 
+from common import scrub
 from common.cas import BlobStore
 from common.config import Config, ConfigError
 from common.problems import BlobMissing, DatabaseUnavailable, StorageUnavailable
@@ -117,8 +118,7 @@ def _absent_from_source(repo: MediaRepository, sha256: str) -> Outcome:
         users = scope.references(sha256)
         if users == 0:
             return "gone"  # deleted meanwhile: nothing to copy
-        statuses = repo.statuses_of(sha256)
-        if set(statuses) == {"corrupt"} and sum(statuses.values()) == users:
+        if scrub.quarantined(repo, sha256, users):
             return "quarantined"  # the scrub quarantined it since the digests were listed
     raise CopyFailed(f"{sha256}: referenced, but the source store does not have it")
 

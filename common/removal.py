@@ -54,7 +54,7 @@ def release_superseded(store: BlobStore, repo: MediaRepository, sha256: str, rec
         with repo.digest_scope(sha256) as scope:
             released = scope.release_superseded(sha256, recipe)
     except DatabaseUnavailable:
-        log.warning("older variants of %s kept for now; its next processing releases them", sha256)
+        log.warning("older variants of %s kept: they go with its original's last record", sha256)
         return
     for variant in released:
         unlink_if_unreferenced(store, repo, variant)

@@ -108,6 +108,14 @@ class ScrubReport:
     cursor: str = ""
 
 
+def quarantined(repo: MediaRepository, sha256: str, references: int) -> bool:
+    """Whether the blob's `references` users are all `corrupt` records: its bytes were quarantined
+    (the store no longer has them at their address), which is known, not missing. Under the
+    digest's lock. (`MediaRepository.corrupt_only` is the same rule for a batch of digests.)"""
+    statuses = repo.statuses_of(sha256)
+    return bool(statuses) and set(statuses) == {"corrupt"} and sum(statuses.values()) == references
+
+
 def check_blob(
     store: BlobStore, repo: MediaRepository, sha256: str, pace: Callable[[int], None] | None = None
 ) -> tuple[str, int]:
@@ -123,12 +131,7 @@ def check_blob(
             return "gone", read  # deleted since it was listed
         again = store.verify(sha256, pace)
         if again is None:
-            statuses = repo.statuses_of(sha256)
-            if (
-                statuses
-                and set(statuses) == {"corrupt"}
-                and sum(statuses.values()) == scope.references(sha256)
-            ):
+            if quarantined(repo, sha256, scope.references(sha256)):
                 return "known", read
             log.error("referenced blob %s is missing from the store", sha256)
             return "missing", read
