@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import io
+import time
+from types import SimpleNamespace
 
 import pytest
 
+from common import memory_repository
 from common.config import Config
 from common.memory_repository import InMemoryMediaRepository
 from common.problems import TooManyRequests
@@ -68,7 +71,12 @@ def test_the_client_ip_counts_only_what_trusted_proxies_appended(
     assert client_ip(peer, forwarded, hops) == expected
 
 
-def test_bytes_are_charged_while_streaming_and_the_rest_at_the_end() -> None:
+def test_bytes_are_charged_while_streaming_and_the_rest_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clock stands still: the 100 bytes below are 14 ms of this quota's drain, which a slow
+    # run could spend between the two uploads (CI, once: the refused step then fitted).
+    monkeypatch.setattr(
+        memory_repository, "time", SimpleNamespace(time=lambda: 1_800_000_000.0, monotonic=time.monotonic)
+    )
     rl, repo = limiter(MEDIA_RATE_LIMIT_UPLOAD_BYTES_PER_HOUR=str(3 * BYTES_STEP))
     body = io.BytesIO(b"x" * (2 * BYTES_STEP + 100))
     with rl.metered(body, "alice") as metered:
