@@ -16,6 +16,9 @@ clients nobody controls.
   rather than blocking it, as gunicorn's own graceful close does for up to 2 s per connection.
 - gunicorn's own answers to malformed requests (400, 414 for a request line over 8190 bytes, 431
   for headers over the limits, 501, 417) are problem+json, like every other error.
+- A body of known length (`Content-Length`) is read by `DirectBody`: a large read is filled
+  straight from the socket into one new buffer, instead of passing through gunicorn's two
+  read-ahead buffers (a third of a CPU-second per GiB of upload, and ~2.5x the receiving rate).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ssl import SSLError
 from typing import Any, ClassVar
 
 from gunicorn.http import errors as http_errors
+from gunicorn.http.body import Body, LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from common import routing
@@ -51,6 +55,7 @@ MAX_HEAD_BYTES = 64 * 1024
 LINGER_SECONDS = 2.0  # as gunicorn's own graceful close
 LINGER_DRAIN_BYTES = 64 * 1024
 METRICS_PATH = "/metrics"  # on every function's own port; never in the routing table or the ingress
+DIRECT_READ_BYTES = 64 * 1024  # reads from this size on bypass gunicorn's buffers (DirectBody)
 
 # gunicorn's parse errors that are not a plain 400 (the rest of http_errors.ParseException is).
 _STATUS_OF_PARSE_ERROR: tuple[tuple[type[BaseException], int], ...] = (
@@ -125,6 +130,64 @@ def _recv(sock: socket.socket, size: int) -> bytes | None:
         return None
     except OSError:
         return b""
+
+
+class DirectBody(Body):  # type: ignore[misc]
+    """gunicorn's `wsgi.input` for a body of known length, with large reads taken straight off the
+    socket.
+
+    gunicorn's own `Body.read(n)` receives into its unreader's buffer, copies that into its own,
+    then slices both: each byte of an upload is copied four or five times before the application
+    sees it. Here a read of `DIRECT_READ_BYTES` or more is, once nothing is buffered, one
+    `recv_into` loop into a buffer of that size, never past the body's end, so the next request on
+    the connection stays on the socket. What is buffered (the bytes that came with the head) is
+    handed out first, as a shorter read, without waiting for more. gunicorn's bookkeeping
+    (`LengthReader.length`, `failed`) stays true, so its drain of an unread rest and its
+    keep-alive decision work as before, and the socket's timeout (the body idle timeout) bounds
+    each wait.
+    """
+
+    def __init__(self, reader: LengthReader) -> None:
+        super().__init__(reader)
+        self._reader = reader
+
+    def read(self, size: int | None = None) -> bytes:
+        reader = self._reader
+        if size is None or size < DIRECT_READ_BYTES:
+            return bytes(super().read(size))
+        if self.buf.tell():  # left over from an earlier read through gunicorn's path
+            return bytes(super().read(min(size, self.buf.tell())))
+        unreader = reader.unreader
+        ahead = min(_buffered(unreader), reader.length, size)
+        if ahead:  # read ahead with the head: handed out as it is, without waiting for more
+            held = unreader.take_buffered()
+            unreader.unread(held[ahead:])
+            reader.length -= ahead
+            return bytes(held[:ahead])
+        want = min(size, reader.length)
+        buf = bytearray(want)
+        got = 0
+        with memoryview(buf) as view:
+            try:
+                while got < want:
+                    n = unreader.sock.recv_into(view[got:])
+                    if not n:  # the client went away before the end: never reuse this connection
+                        self.failed = True
+                        break
+                    got += n
+            except BaseException:
+                self.failed = True
+                raise
+            finally:
+                reader.length -= got
+        del buf[got:]
+        return bytes(buf)
+
+
+def _buffered(unreader: Any) -> int:
+    """How many bytes gunicorn's unreader holds, read ahead of what its parser consumed."""
+    with unreader.buf.getbuffer() as view:
+        return int(view.nbytes)
 
 
 class _Conn(TConn):  # type: ignore[misc]
@@ -285,6 +348,8 @@ class MediaWorker(ThreadWorker):  # type: ignore[misc]
 
     def handle_request(self, req: Any, conn: TConn) -> Any:
         conn.sock.settimeout(self.settings.body_idle_timeout_seconds)
+        if type(req.body) is Body and type(req.body.reader) is LengthReader:
+            req.body = DirectBody(req.body.reader)  # what `wsgi.input` is, and what gunicorn drains
         return super().handle_request(req, conn)
 
     # --- gunicorn's own error answers ------------------------------------------------------------------
