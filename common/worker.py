@@ -348,8 +348,9 @@ class MediaWorker(ThreadWorker):  # type: ignore[misc]
 
     def handle_request(self, req: Any, conn: TConn) -> Any:
         conn.sock.settimeout(self.settings.body_idle_timeout_seconds)
-        if type(req.body) is Body and type(req.body.reader) is LengthReader:
-            req.body = DirectBody(req.body.reader)  # what `wsgi.input` is, and what gunicorn drains
+        body = req.body
+        if type(body) is Body and type(body.reader) is LengthReader and body.reader.length:
+            req.body = DirectBody(body.reader)  # what `wsgi.input` is, and what gunicorn drains
         return super().handle_request(req, conn)
 
     # --- gunicorn's own error answers ------------------------------------------------------------------
