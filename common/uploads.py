@@ -1,10 +1,10 @@
 """Streaming intake of an upload body into a CAS writer: multipart/form-data (direct upload) or
 a raw body (presigned PUT).
 
-The body is read in fixed chunks (`CHUNK_BYTES`) from the WSGI input stream. Multipart goes
-through Werkzeug's sans-IO decoder, and each chunk's bytes of the `file` part go straight into the
-writer (which hashes, counts and keeps the sniff prefix): never more than a chunk is held in
-memory, and nothing is spooled to TMPDIR the way `request.files` would. `request.form`/`request.files`/`request.data` are never
+The body is read in fixed chunks from the WSGI input stream. Multipart goes through Werkzeug's
+sans-IO decoder and the bytes of the `file` part go straight into the writer (which hashes,
+counts and keeps the sniff prefix), so they are copied once and never held in memory or spooled
+to TMPDIR the way `request.files` would. `request.form`/`request.files`/`request.data` are never
 touched on this path. Both intakes call `on_prefix` once, as soon as the first `SNIFF_BYTES` are
 in (or at the end of a shorter body), so a wrong type is rejected before the rest is read.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
@@ -31,8 +31,7 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-CHUNK_BYTES = 1024 * 1024  # what a read of the body asks for (worker.DirectBody fills it whole)
-FEED_BYTES = 64 * 1024  # what the multipart decoder is given at a time (see _pieces)
+CHUNK_BYTES = 1024 * 1024  # gunicorn recv()s up to 1 MiB; reading less makes it re-buffer the rest
 FILE_FIELD = "file"
 MAX_OTHER_FIELD_BYTES = 64 * 1024  # other form fields are ignored, but not unboundedly
 MAX_FILENAME_CHARS = 255
@@ -108,21 +107,6 @@ def boundary_of(content_type: str | None) -> bytes:
     return boundary.encode("latin-1")
 
 
-def _pieces(chunk: bytes) -> Iterator[bytes | None]:
-    """What the multipart decoder is given of a chunk: `FEED_BYTES` at a time (None at the end).
-
-    The decoder copies what it is given several times (into its buffer, then out as a slice and as
-    bytes). Given 1 MiB at a time, each copy is a fresh allocation above glibc's mmap threshold
-    (128 KiB): an mmap, a page fault per 4 KiB and a munmap each time. In pieces of 64 KiB the
-    copies come from the heap's free lists (measured here, parsing and hashing a 1 GiB file part:
-    2.4 -> 1.5 CPU-s; raising the threshold with mallopt does the same, for the whole process).
-    """
-    if not chunk:
-        yield None
-    for start in range(0, len(chunk), FEED_BYTES):
-        yield chunk[start : start + FEED_BYTES]
-
-
 def _header_bytes(part: File | Field) -> int:
     return sum(len(name) + len(value) + 4 for name, value in part.headers.items())
 
@@ -151,43 +135,38 @@ def receive_multipart(
 
     while True:
         chunk = read_body(stream)
-        file_data: list[bytes] = []  # this chunk's bytes of the file, written at once
         try:
-            for piece in _pieces(chunk):
-                decoder.receive_data(piece)
+            decoder.receive_data(chunk or None)
+            event = decoder.next_event()
+            while not isinstance(event, NeedData | Epilogue):
+                if isinstance(event, File | Field) and _header_bytes(event) > MAX_PART_HEADER_BYTES:
+                    raise MalformedUpload(f"a part's headers are over {MAX_PART_HEADER_BYTES} bytes")
+                if isinstance(event, File):
+                    if event.name != FILE_FIELD:
+                        raise MalformedUpload(f"unexpected file field `{event.name}`; use `{FILE_FIELD}`")
+                    if filename is not None:
+                        raise MalformedUpload("send exactly one file per request")
+                    if any(c in (event.filename or "") for c in "\x00\r\n"):
+                        raise MalformedUpload("the file's name holds a NUL or a line break")
+                    filename = safe_filename(event.filename)
+                    in_file = True
+                elif isinstance(event, Field):
+                    in_file = False
+                elif isinstance(event, Data):
+                    if in_file:
+                        sniffer.write(event.data)
+                    else:
+                        other_bytes += len(event.data)
+                        if other_bytes > MAX_OTHER_FIELD_BYTES:
+                            raise MalformedUpload("the form fields besides the file are too large")
                 event = decoder.next_event()
-                while not isinstance(event, NeedData | Epilogue):
-                    if isinstance(event, File | Field) and _header_bytes(event) > MAX_PART_HEADER_BYTES:
-                        raise MalformedUpload(f"a part's headers are over {MAX_PART_HEADER_BYTES} bytes")
-                    if isinstance(event, File):
-                        if event.name != FILE_FIELD:
-                            raise MalformedUpload(f"unexpected file field `{event.name}`; use `{FILE_FIELD}`")
-                        if filename is not None:
-                            raise MalformedUpload("send exactly one file per request")
-                        if any(c in (event.filename or "") for c in "\x00\r\n"):
-                            raise MalformedUpload("the file's name holds a NUL or a line break")
-                        filename = safe_filename(event.filename)
-                        in_file = True
-                    elif isinstance(event, Field):
-                        in_file = False
-                    elif isinstance(event, Data):
-                        if in_file:
-                            file_data.append(event.data)
-                        else:
-                            other_bytes += len(event.data)
-                            if other_bytes > MAX_OTHER_FIELD_BYTES:
-                                raise MalformedUpload("the form fields besides the file are too large")
-                    event = decoder.next_event()
-                if isinstance(event, Epilogue) or decoder.state is State.EPILOGUE:
-                    break  # past the closing boundary: the epilogue is ignored (RFC 2046 §5.1.1)
         except (ValueError, RequestEntityTooLarge) as exc:
             if not chunk:
                 raise MalformedUpload("the body ended before the closing multipart boundary") from None
             raise MalformedUpload(f"the multipart body is malformed: {exc}") from None
-        if file_data:
-            sniffer.write(file_data[0] if len(file_data) == 1 else b"".join(file_data))
+        # Past the closing boundary: the epilogue is ignored (RFC 2046 §5.1.1) and not even read.
         if isinstance(event, Epilogue) or decoder.state is State.EPILOGUE:
-            break  # and not even read
+            break
         if not chunk:
             raise MalformedUpload("the body ended before the closing multipart boundary")
 

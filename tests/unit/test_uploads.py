@@ -6,7 +6,7 @@ import pytest
 
 from common.cas import SNIFF_BYTES, MemoryBlobWriter
 from common.problems import MalformedUpload, TypeNotAllowed, UnsupportedMediaType
-from common.uploads import CHUNK_BYTES, FEED_BYTES, receive_multipart, safe_filename
+from common.uploads import CHUNK_BYTES, receive_multipart, safe_filename
 from tests.factories import multipart, png
 
 
@@ -37,29 +37,6 @@ def test_the_file_part_is_streamed_into_the_writer() -> None:
     assert name == "soup.png"
     assert bytes(writer.buffer) == data
     assert prefixes == [data]  # a small file is sniffed whole, once
-
-
-@pytest.mark.parametrize("shift", [-40, -1, 0, 1, 17])
-def test_a_boundary_across_the_decoder_s_pieces_of_a_chunk_still_ends_the_file_exactly(shift: int) -> None:
-    # Each read of the body is given to the decoder in FEED_BYTES pieces: the closing boundary of
-    # the file, and a field after it, fall across a piece's end inside one chunk.
-    boundary = "----media-test-boundary-7MA4YWxk"
-    head_len = len(multipart([("file", "a.bin", b"")], boundary)[0].split(b"\r\n\r\n", 1)[0]) + 4
-    data = bytes(range(256)) * ((3 * FEED_BYTES) // 256)
-    data = data[: 3 * FEED_BYTES - head_len + shift]
-    body, ctype = multipart([("file", "a.bin", data), ("note", None, b"after the file")], boundary)
-    assert len(body) < CHUNK_BYTES  # one read: every split is inside it
-    name, writer, prefixes = receive(body, ctype)
-    assert name == "a.bin"
-    assert bytes(writer.buffer) == data
-    assert prefixes == [data[:SNIFF_BYTES]]
-
-
-def test_a_file_over_many_reads_and_pieces_arrives_whole() -> None:
-    data = bytes(range(256)) * (3 * CHUNK_BYTES // 256 + 1000)
-    body, ctype = multipart([("file", "a.bin", data)])
-    _, writer, _ = receive(body, ctype)
-    assert bytes(writer.buffer) == data
 
 
 def test_a_large_file_is_sniffed_on_its_first_64k_before_the_rest_is_read() -> None:
