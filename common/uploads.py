@@ -31,7 +31,7 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-CHUNK_BYTES = 1024 * 1024  # gunicorn recv()s up to 1 MiB; reading less makes it re-buffer the rest
+CHUNK_BYTES = 1024 * 1024  # a read of the body; worker.DirectBody fills it straight from the socket
 FILE_FIELD = "file"
 MAX_OTHER_FIELD_BYTES = 64 * 1024  # other form fields are ignored, but not unboundedly
 MAX_FILENAME_CHARS = 255

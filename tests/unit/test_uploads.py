@@ -39,6 +39,14 @@ def test_the_file_part_is_streamed_into_the_writer() -> None:
     assert prefixes == [data]  # a small file is sniffed whole, once
 
 
+def test_a_file_over_many_reads_arrives_whole() -> None:
+    data = bytes(range(256)) * (3 * CHUNK_BYTES // 256 + 1000)
+    body, ctype = multipart([("file", "a.bin", data), ("note", None, b"after the file")])
+    _, writer, prefixes = receive(body, ctype)
+    assert bytes(writer.buffer) == data
+    assert prefixes == [data[:SNIFF_BYTES]]
+
+
 def test_a_large_file_is_sniffed_on_its_first_64k_before_the_rest_is_read() -> None:
     data = b"\x7fELF" + b"\0" * (16 * 1024 * 1024)
     body, ctype = multipart([("file", "x.png", data)])
