@@ -93,6 +93,9 @@ class FunctionProcess:
         return [self.proc.pid, *children(self.proc.pid)]
 
 
+START_ATTEMPTS = 3
+
+
 @dataclass
 class Nginx:
     prefix: Path
@@ -109,23 +112,43 @@ class Nginx:
         return f"http://127.0.0.1:{self.peer_port}"
 
     def start(self, upstreams: dict[str, list[int]], cas_root: Path) -> Nginx:
+        """Start nginx on its two ports. They were free when picked, seconds earlier; a port taken
+        since then (an outgoing connection's ephemeral port, say) makes nginx exit, and it is
+        started again on two new ones, up to `START_ATTEMPTS` times."""
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "dav", "dav-tmp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         conf = self.prefix / "nginx.conf"
-        peer = nginx.peer_server(self.prefix, self.peer_port, cas_root)
-        conf.write_text(nginx.ingress_config(self.prefix, self.port, upstreams, peer))
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(self.prefix), "-c", str(conf), "-e", str(self.prefix / "error.log")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
+        error_log = self.prefix / "error.log"
+        for attempt in range(1, START_ATTEMPTS + 1):
+            peer = nginx.peer_server(self.prefix, self.peer_port, cas_root)
+            conf.write_text(nginx.ingress_config(self.prefix, self.port, upstreams, peer))
+            logged = error_log.stat().st_size if error_log.exists() else 0
+            self.proc = subprocess.Popen(
+                [binary, "-p", str(self.prefix), "-c", str(conf), "-e", str(error_log)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+            if self._ready(within=10):
+                return self
+            errors = error_log.read_text()[logged:] if error_log.exists() else ""
+            port_taken = self.proc.poll() is not None and "Address already in use" in errors
+            if not port_taken or attempt == START_ATTEMPTS:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise RuntimeError(f"nginx did not start: {errors[-2000:]}")
+            self.port, self.peer_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _ready(self, within: float) -> bool:
+        """Whether nginx answers within `within` seconds (False at once if it exited)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + within
         while http_status(self.base + "/health/live") != 200:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nginx did not start: {(self.prefix / 'error.log').read_text()[-2000:]}")
+                return False
             time.sleep(0.05)
-        return self
+        return True
 
     def reload(self, upstreams: dict[str, list[int]], cas_root: Path, timeout: float = 10) -> None:
         """New configuration, gracefully (`nginx -s reload`): new workers route with it; the old

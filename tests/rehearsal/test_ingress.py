@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ import requests
 
 from common import routing
 from localdev import nginx
-from localdev.rehearsal import Rehearsal
+from localdev.rehearsal import Nginx, Rehearsal
 from tests.factories import bearer, png, token, upload_body
 
 
@@ -38,6 +40,38 @@ def test_the_generated_config_is_valid_nginx(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stderr
     for route in routing.public_routes():
         assert f"fn_{route.function};" in conf.read_text()
+
+
+def test_nginx_starts_on_new_ports_when_one_it_was_given_was_taken_meanwhile(tmp_path: Path) -> None:
+    # The ports are picked when the rehearsal is planned and bound seconds later, once every
+    # function runs: a port taken meanwhile (an outgoing connection's, say) must not fail the start.
+    class Live(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # every function's stand-in: /health/live answers 200
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    functions = ThreadingHTTPServer(("127.0.0.1", 0), Live)
+    threading.Thread(target=functions.serve_forever, daemon=True).start()
+    upstreams = {name: [functions.server_port] for name in routing.functions()}
+    ingress = None
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            ingress = Nginx(prefix=tmp_path / "nginx", peer_port=busy).start(upstreams, tmp_path)
+            assert "Address already in use" in (tmp_path / "nginx" / "error.log").read_text()
+            assert ingress.peer_port != busy
+            assert requests.get(ingress.base + "/health/live", timeout=5).status_code == 200
+    finally:
+        if ingress is not None:
+            ingress.stop()
+        functions.shutdown()
+        functions.server_close()
 
 
 @pytest.mark.parametrize(
