@@ -120,7 +120,9 @@ class Nginx:
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         conf = self.prefix / "nginx.conf"
         error_log = self.prefix / "error.log"
-        for attempt in range(1, START_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             peer = nginx.peer_server(self.prefix, self.peer_port, cas_root)
             conf.write_text(nginx.ingress_config(self.prefix, self.port, upstreams, peer))
             logged = error_log.stat().st_size if error_log.exists() else 0
@@ -138,7 +140,6 @@ class Nginx:
                 self.proc.wait(5)
                 raise RuntimeError(f"nginx did not start: {errors[-2000:]}")
             self.port, self.peer_port = free_port(), free_port()
-        raise AssertionError("unreachable")
 
     def _ready(self, within: float) -> bool:
         """Whether nginx answers within `within` seconds (False at once if it exited)."""
