@@ -288,6 +288,8 @@ class S3BlobStore:
         return None
 
     def blobs_older_than(self, seconds: float) -> Iterator[str]:
+        # LastModified is listed in whole seconds: a blob may look up to a second older than it is,
+        # which the orphan grace (minutes) absorbs.
         cutoff = time.time() - seconds
         for item in self._list(f"{self.prefix}sha256/"):
             name = item["Key"].rsplit("/", 1)[-1]
