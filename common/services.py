@@ -74,18 +74,9 @@ def check_configuration(config: Config) -> None:
 def build_store(config: Config) -> BlobStore:
     """The blob store MEDIA_STORAGE names: the volume, or an S3-compatible bucket."""
     if config.storage == "s3":
-        from common.s3store import S3BlobStore, probe_client, s3_client  # boto3 only where it is used
+        from common.s3store import store_for  # boto3 only where it is used
 
-        return S3BlobStore(
-            s3_client(config),
-            config.require_s3_bucket(),
-            config.s3_prefix,
-            part_bytes=config.s3_part_bytes,
-            timeout_seconds=config.s3_timeout_seconds,
-            redirect_ttl_seconds=config.s3_redirect_ttl_seconds,
-            slow_client=s3_client(config, read_timeout=config.s3_long_timeout_seconds),
-            probe_client=probe_client(config),
-        )
+        return store_for(config)
     return LocalBlobStore(config.cas_root)
 
 

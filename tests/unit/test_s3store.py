@@ -5,13 +5,15 @@ wire; the behaviour against a real S3 protocol server is in tests/integration/te
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
+from common.config import Config
 from common.problems import StorageUnavailable
-from common.s3store import S3BlobStore, failed_call
+from common.s3store import PROBE_TIMEOUT_SECONDS, S3BlobStore, failed_call, store_for
 
 PART = 8 * 1024 * 1024
 
@@ -82,3 +84,30 @@ def test_other_client_errors_are_not_taken_for_a_swept_upload(stubbed: tuple[S3B
     with pytest.raises(StorageUnavailable, match="AccessDenied"), store.writer(2 * PART) as writer:
         writer.write(b"x" * PART)
     stub.assert_no_pending_responses()
+
+
+def test_the_configured_store_has_bounded_clients_for_calls_long_calls_and_the_probe() -> None:
+    config = Config.from_env(
+        {
+            "MEDIA_STORAGE": "s3",
+            "MEDIA_S3_BUCKET": "media-bucket",
+            "MEDIA_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "MEDIA_S3_REGION": "eu-west-1",
+            "MEDIA_S3_PREFIX": "tenant",
+            "MEDIA_S3_TIMEOUT_SECONDS": "3",
+            "MEDIA_S3_LONG_TIMEOUT_SECONDS": "40",
+        }
+    )
+    store = store_for(config)
+    assert (store.bucket, store.prefix) == ("media-bucket", "tenant/")
+
+    def bounds(client: Any) -> tuple[float, float, int]:
+        meta = client.meta.config
+        return meta.connect_timeout, meta.read_timeout, meta.retries["total_max_attempts"]
+
+    assert bounds(store.client) == (3, 3, 2)
+    assert bounds(store.slow_client) == (3, 40, 2)
+    assert bounds(store.probe_client) == (PROBE_TIMEOUT_SECONDS, PROBE_TIMEOUT_SECONDS, 1)
+    for client in (store.client, store.slow_client, store.probe_client):
+        assert client.meta.endpoint_url == "http://127.0.0.1:9"
+        assert client.meta.region_name == "eu-west-1"
