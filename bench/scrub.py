@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import save
 from common import scrub
-from common.cas import LocalBlobStore
+from common.localstore import LocalBlobStore
 from common.memory_repository import InMemoryMediaRepository
 from common.records import NewMedia
 

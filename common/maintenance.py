@@ -2,7 +2,7 @@
 
 Each round:
 - temp files untouched for `temp_max_age_seconds` whose writer is gone are removed (a live upload
-  holds a lock on its file, see `cas.py`);
+  holds a lock on its file, see `localstore.py`);
 - pending uploads whose URL expired more than `pending_grace_seconds` ago are removed, with the
   temp file of an upload that died on the way;
 - once per `temp_sweep_interval_seconds` across all processes (one of them wins the round in the

@@ -1,7 +1,7 @@
 """One error model: exceptions that carry their HTTP status and headers, rendered as RFC 9457.
 
-Adapters (`cas`, `repository`, `tokens`, `uploads`) raise the domain exceptions at the bottom of
-this module; `to_problem` translates them at the edge, in one table.
+Adapters (`localstore`, `s3store`, `repository`, `tokens`, `uploads`) raise the domain exceptions
+at the bottom of this module; `to_problem` translates them at the edge, in one table.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from common import metrics
 from common.breaker import CircuitBreaker
-from common.cas import BlobWriter, StagedBlob, Verification, _check_label, _Hashing, check_digest, rehash
+from common.cas import BlobWriter, Hashing, StagedBlob, Verification, check_digest, check_label, rehash
 from common.config import Config
 from common.problems import BlobMissing, StorageUnavailable
 
@@ -221,7 +221,7 @@ class S3BlobStore:
     @contextmanager
     def writer(self, max_bytes: int, label: str = "upload") -> Iterator[S3BlobWriter]:
         """Parts to a temp key; aborted or deleted on the way out unless `commit` took them."""
-        key = f"{self.temp_prefix}{_check_label(label)}--{uuid.uuid4().hex}"
+        key = f"{self.temp_prefix}{check_label(label)}--{uuid.uuid4().hex}"
         with self._live_lock:
             self._live.add(key)
         writer = S3BlobWriter(self, key, max_bytes)
@@ -328,7 +328,7 @@ class S3BlobStore:
         return self._remove_temp(self.temp_prefix, time.time() - max_age_seconds)
 
     def remove_temp(self, label: str) -> int:
-        return self._remove_temp(f"{self.temp_prefix}{_check_label(label)}--", None)
+        return self._remove_temp(f"{self.temp_prefix}{check_label(label)}--", None)
 
     def check_writable(self) -> None:
         """A cheap HeadBucket (readiness): the bucket is there and these credentials reach it."""
@@ -419,7 +419,7 @@ class S3BlobStore:
         return removed
 
 
-class S3BlobWriter(_Hashing):
+class S3BlobWriter(Hashing):
     """One part in memory at a time; the multipart upload starts with the first full part."""
 
     def __init__(self, store: S3BlobStore, key: str, max_bytes: int) -> None:

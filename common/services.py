@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from common.cas import BlobStore, LocalBlobStore
+from common.cas import BlobStore
 from common.config import Config, ConfigError
 from common.database import conninfo_problem
 from common.events import EventSink, HttpSink, NoSink, overrides_from
 from common.httpclient import HttpClient
+from common.localstore import LocalBlobStore
 from common.maintenance import start_maintenance
 from common.oidc import Introspector, KeySet, ProviderMetadata, fixed
 from common.ratelimit import RateLimiter

@@ -26,8 +26,8 @@ from typing import Any
 import psycopg
 
 from common import logs, metrics_dir
-from common.cas import LocalBlobStore
 from common.config import Config, ConfigError, DevelopmentModeWarning
+from common.localstore import LocalBlobStore
 from common.migrate import migrate
 from common.server import fail
 from localdev import devsecrets

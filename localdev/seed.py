@@ -1,6 +1,6 @@
 """Records and their blobs written straight into PostgreSQL and the CAS directory, bypassing the
 API: how drills and benchmarks get thousands of records in seconds (COPY, and files at their
-addresses, laid out as `cas.LocalBlobStore` does)."""
+addresses, laid out as `localstore.LocalBlobStore` does)."""
 
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from common.cas import InMemoryBlobStore
 from common.config import Config
 from common.memory_repository import InMemoryMediaRepository
+from common.memorystore import InMemoryBlobStore
 from common.services import Services
 from common.signing import KeyRing
 from common.tokens import DELETE, READ, WRITE, issue_hs256

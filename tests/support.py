@@ -299,7 +299,7 @@ def needs_freezable(s3: RunningS3) -> None:
 
 def stored_blobs(store: Any) -> list[str]:
     """The digests a store holds (the volume's files, or the bucket's keys)."""
-    from common.cas import LocalBlobStore
+    from common.localstore import LocalBlobStore
     from common.s3store import S3BlobStore
 
     if isinstance(store, LocalBlobStore):
@@ -311,7 +311,7 @@ def stored_blobs(store: Any) -> list[str]:
 
 def temp_leftovers(store: Any) -> list[str]:
     """What uploads left behind: temp files, or temp objects and unfinished multipart uploads."""
-    from common.cas import LocalBlobStore
+    from common.localstore import LocalBlobStore
     from common.s3store import S3BlobStore
 
     if isinstance(store, LocalBlobStore):
@@ -327,7 +327,7 @@ def temp_leftovers(store: Any) -> list[str]:
 def plant_temp(store: Any, label: str) -> None:
     """What a process that died mid-upload leaves: a temp file, or a temp object and a multipart
     upload with one part."""
-    from common.cas import LocalBlobStore
+    from common.localstore import LocalBlobStore
     from common.s3store import S3BlobStore
 
     if isinstance(store, LocalBlobStore):

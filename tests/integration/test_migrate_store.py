@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from common import media, migrate_store, scrub
-from common.cas import BlobStore, BlobWriter, LocalBlobStore
+from common.cas import BlobStore, BlobWriter
+from common.localstore import LocalBlobStore
 from common.records import ListQuery, MediaRecord, VariantRow
 from common.repository import MediaRepository
 from common.s3store import S3BlobStore

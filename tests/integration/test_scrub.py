@@ -19,7 +19,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from common import scrub
-from common.cas import BlobStore, LocalBlobStore
+from common.cas import BlobStore
+from common.localstore import LocalBlobStore
 from common.records import CORRUPT_REASON, ScrubState
 from common.s3store import S3BlobStore
 from common.services import Services, build_services

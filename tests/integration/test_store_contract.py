@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from common.cas import BlobStore, LocalBlobStore
+from common.cas import BlobStore
 from common.config import Config
+from common.localstore import LocalBlobStore
 from common.problems import BlobMissing, BlobTooLarge, StorageUnavailable
 from common.s3store import S3BlobStore, probe_client, s3_client
 from localdev.harness import RunningS3

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from common import media, presigned
-from common.cas import InMemoryBlobStore
 from common.memory_repository import InMemoryMediaRepository
+from common.memorystore import InMemoryBlobStore
 from common.problems import (
     ContentRejected,
     InsufficientStorage,

@@ -11,7 +11,9 @@ from typing import cast
 
 import pytest
 
-from common.cas import PIPELINE_AFTER, SNIFF_BYTES, InMemoryBlobStore, LocalBlobStore
+from common.cas import SNIFF_BYTES
+from common.localstore import PIPELINE_AFTER, LocalBlobStore
+from common.memorystore import InMemoryBlobStore
 from common.problems import BlobMissing, BlobTooLarge, StorageFull
 
 

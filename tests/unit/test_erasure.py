@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from common import accounts, erasure, imaging, media, presigned, processing
-from common.cas import InMemoryBlobStore
 from common.memory_repository import InMemoryMediaRepository
+from common.memorystore import InMemoryBlobStore
 from common.problems import Forbidden, NotFound
 from common.records import MediaRecord
 from common.services import Services

@@ -8,8 +8,9 @@ import io
 import json
 
 from common import media, migrate_store, scrub
-from common.cas import BlobWriter, InMemoryBlobStore
+from common.cas import BlobWriter
 from common.memory_repository import InMemoryMediaRepository
+from common.memorystore import InMemoryBlobStore
 from common.migrate_store import Progress, Reporter, bar
 from common.records import MediaRecord, VariantRow
 from common.services import Services

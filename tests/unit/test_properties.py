@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import listing
-from common.cas import InMemoryBlobStore
 from common.conditional import Representation, evaluate, parse_etags, parse_range
+from common.memorystore import InMemoryBlobStore
 from common.problems import (
     BadRequest,
     BlobTooLarge,

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from common import imaging, media, scrub
-from common.cas import InMemoryBlobStore
 from common.maintenance import maintain, scrub_tick
 from common.memory_repository import InMemoryMediaRepository
+from common.memorystore import InMemoryBlobStore
 from common.problems import ContentCorrupt
 from common.records import CORRUPT_REASON, MediaRecord, ScrubState
 from common.scrub import MiB, Pacer, budget_bytes, pace_delay, pass_due, scrub_round

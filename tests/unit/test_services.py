@@ -4,8 +4,8 @@ import os
 import time
 from pathlib import Path
 
-from common.cas import LocalBlobStore
 from common.config import Config
+from common.localstore import LocalBlobStore
 from common.maintenance import start_maintenance
 from common.memory_repository import InMemoryMediaRepository
 from common.services import ServiceProvider, Services

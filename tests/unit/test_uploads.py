@@ -4,7 +4,8 @@ import io
 
 import pytest
 
-from common.cas import SNIFF_BYTES, MemoryBlobWriter
+from common.cas import SNIFF_BYTES
+from common.memorystore import MemoryBlobWriter
 from common.problems import MalformedUpload, TypeNotAllowed, UnsupportedMediaType
 from common.uploads import CHUNK_BYTES, receive_multipart, safe_filename
 from tests.factories import multipart, png
