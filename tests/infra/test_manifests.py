@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from common import routing
-from common.config import VARIABLES, Config
+from common.config import Config
+from common.variables import VARIABLES
 from infra import manifests, plans
 from tests.infra.gateway_api import check_http_route, check_reference_grant, duration_seconds
 from tests.support import ROOT, function_names

@@ -451,7 +451,7 @@ def test_variants_are_served_by_width_format_and_accept_each_with_its_own_etag(s
 def test_a_heic_from_a_phone_is_accepted_when_listed_and_gets_variants(
     own_database: str, tmp_path: Path
 ) -> None:
-    from common.config import DEFAULT_ALLOWED_TYPES
+    from common.variables import DEFAULT_ALLOWED_TYPES
 
     allowed = ",".join([*DEFAULT_ALLOWED_TYPES, "image/heic", "image/heif"])
     config = support.make_config(tmp_path / "data", own_database, MEDIA_ALLOWED_TYPES=allowed)

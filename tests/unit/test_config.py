@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import DEFAULT_ALLOWED_TYPES, VARIABLES, Config, ConfigError
+from common.config import Config, ConfigError
+from common.variables import DEFAULT_ALLOWED_TYPES, VARIABLES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
