@@ -1,5 +1,6 @@
 """Request/response glue shared by the functions: dispatch by the routing table, problem+json,
-authentication, JSON and content responses, request ids and access logs.
+authentication, JSON bodies and responses, request ids and access logs (stored bytes are served
+by `serving.py`).
 
 A function's `main.py` declares its handlers on a `Routes` object and exposes `routes.target()`
 to functions-framework; tests call `routes.wsgi_app(lambda: services)` with fakes.
@@ -11,20 +12,16 @@ import json
 import logging
 import re
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO
-from urllib.parse import quote
+from typing import Any
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, MapAdapter
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import wrap_file
 
 from common import audit, cors, logs, metrics, routing, text, tracing
-from common.conditional import Content
 from common.problems import (
     BadRequest,
     Forbidden,
@@ -51,9 +48,6 @@ Handler = Callable[..., Response]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# MSC2702 / Synapse: only passive types are shown inline; everything else downloads.
-INLINE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "image/avif"})
-FILE_CHUNK = 1024 * 1024
 
 
 # A presigned upload URL is a credential: its token never goes into the logs.
@@ -183,84 +177,6 @@ def note(request: Request, record: MediaRecord | None = None, **fields: Any) -> 
     if record is not None:
         details.update(media_id=str(record.id), sha256=record.sha256, size=record.size, actor=record.owner)
     details.update(fields)
-
-
-def content_disposition(filename: str, content_type: str) -> str:
-    """RFC 6266 with an ASCII fallback and RFC 8187 `filename*`; the name was sanitised at upload."""
-    kind = "inline" if content_type in INLINE_TYPES else "attachment"
-    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
-    ascii_name = re.sub(r'[^\x20-\x7e]|["\\]', "_", ascii_name) or "download"
-    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-class _Span:
-    """A file object limited to `length` bytes from its current position.
-
-    gunicorn sends it with sendfile (it uses `fileno()`, the current offset and Content-Length);
-    servers without sendfile read it and stop at the end of the range.
-    """
-
-    def __init__(self, file: BinaryIO, length: int) -> None:
-        self._file = file
-        self._left = length
-
-    def read(self, size: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        size = self._left if size < 0 else min(size, self._left)
-        data = self._file.read(size)
-        self._left -= len(data)
-        return data
-
-    def fileno(self) -> int:
-        return self._file.fileno()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._file.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def content_response(content: Content, request: Request) -> Response:
-    rep, decision = content.representation, content.decision
-    headers = {
-        "ETag": rep.etag_header,
-        "Last-Modified": rep.last_modified_header,
-        "Cache-Control": "private, max-age=31536000, immutable",
-        "Accept-Ranges": "bytes",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "sandbox; default-src 'none'",
-    }
-    if content.vary:
-        headers["Vary"] = content.vary  # on a 304 too: it describes the 200 it stands for
-    note(request, sha256=rep.etag, size=decision.length)
-    if decision.status == 304:
-        return Response(status=304, headers=headers)
-    disposition = content_disposition(content.filename, content.content_type)
-    url = (
-        content.redirect(content.content_type, disposition, headers["Cache-Control"])
-        if content.redirect
-        else None
-    )
-    if url is not None:
-        # 307: the same request (Range included) again, at the object store, for a short while.
-        return Response(
-            status=307, headers={"Location": url, "Cache-Control": "no-store", "ETag": rep.etag_header}
-        )
-    headers["Content-Type"] = content.content_type
-    headers["Content-Disposition"] = disposition
-    headers["Content-Length"] = str(decision.length)
-    if decision.status == 206:
-        headers["Content-Range"] = f"bytes {decision.start}-{decision.end}/{rep.size}"
-    body: Iterable[bytes] = ()
-    if content.file is not None:
-        body = wrap_file(request.environ, _Span(content.file, decision.length), FILE_CHUNK)  # type: ignore[arg-type]
-    # direct_passthrough hands the file wrapper to the server untouched (sendfile under gunicorn).
-    return Response(body, status=decision.status, headers=headers, direct_passthrough=True)
 
 
 class Routes:

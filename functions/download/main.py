@@ -7,7 +7,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from common import accounts, changes, health, listing, media, metadata, negotiation, web
+from common import accounts, changes, health, listing, media, metadata, negotiation, serving, web
 from common.services import Services, default_provider
 
 routes = web.Routes("download")
@@ -49,7 +49,7 @@ def get_content(request: Request, services: Services, id: str) -> Response:
     else:
         principal = web.authenticate(request, services)
         content = media.read_content(services, principal, id, request.method, request.headers, want)
-    return web.content_response(content, request)
+    return serving.content_response(content, request)
 
 
 functions_framework.errorhandler(HTTPException)(web.render_http_exception)
