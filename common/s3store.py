@@ -74,13 +74,14 @@ def s3_client(
     *,
     timeout: float | None = None,
     attempts: int = 2,
-    session: boto3.session.Session | None = None,
+    session: boto3.session.Session,
 ) -> S3Client:
     """A client with bounded waits; credentials the standard boto3 way (environment, profile,
     web identity / IRSA, instance metadata), never only from our own variables. `read_timeout`:
     for the calls whose time grows with the object (MEDIA_S3_LONG_TIMEOUT_SECONDS); `timeout` and
     `attempts`: the readiness probe's client (`probe_client`). Clients made from one `session`
-    share its loaded service model (boto3 sessions are not thread-safe: make them in one thread)."""
+    share its loaded service model (boto3 sessions are not thread-safe: `store_for` makes them in
+    one thread)."""
     connect = timeout or config.s3_timeout_seconds
     boto = BotoConfig(
         connect_timeout=connect,
@@ -91,14 +92,14 @@ def s3_client(
         signature_version="s3v4",
         s3={"addressing_style": "path" if config.s3_endpoint_url else "auto"},
     )
-    client: S3Client = (session or boto3.session.Session()).client(
+    client: S3Client = session.client(
         "s3", endpoint_url=config.s3_endpoint_url, region_name=config.s3_region, config=boto
     )
     _count_requests(client)
     return client
 
 
-def probe_client(config: Config, session: boto3.session.Session | None = None) -> S3Client:
+def probe_client(config: Config, session: boto3.session.Session) -> S3Client:
     """The readiness probe's client: one attempt, PROBE_TIMEOUT_SECONDS to connect and to answer."""
     timeout = min(config.s3_timeout_seconds, PROBE_TIMEOUT_SECONDS)
     return s3_client(config, timeout=timeout, attempts=1, session=session)

@@ -18,7 +18,7 @@ from common.cas import BlobStore
 from common.config import Config
 from common.localstore import LocalBlobStore
 from common.problems import BlobMissing, BlobTooLarge, StorageUnavailable
-from common.s3store import S3BlobStore, probe_client, s3_client
+from common.s3store import S3BlobStore, store_for
 from localdev.harness import RunningS3
 from tests.support import needs_freezable, plant_temp, stored_blobs, temp_leftovers
 
@@ -33,21 +33,16 @@ def s3_config(s3: RunningS3, bucket: str | None = None, timeout: float = 2) -> C
             "MEDIA_S3_BUCKET": bucket or s3.new_bucket(),
             "MEDIA_S3_ENDPOINT_URL": s3.endpoint,
             "MEDIA_S3_REGION": "us-east-1",
+            "MEDIA_S3_PREFIX": "media",
+            "MEDIA_S3_PART_BYTES": str(PART),
             "MEDIA_S3_TIMEOUT_SECONDS": str(timeout),
         }
     )
 
 
 def s3_store(s3: RunningS3, bucket: str | None = None, timeout: float = 2) -> S3BlobStore:
-    config = s3_config(s3, bucket, timeout)
-    return S3BlobStore(
-        s3_client(config),
-        config.require_s3_bucket(),
-        "media/",
-        part_bytes=PART,
-        timeout_seconds=timeout,
-        probe_client=probe_client(config),
-    )
+    """The store as the service builds it (`store_for`), on a new bucket unless one is named."""
+    return store_for(s3_config(s3, bucket, timeout))
 
 
 def s3_counted(name: str, operation: str) -> float:
